@@ -1,0 +1,64 @@
+/* Decode attention on the CPU over the paged host KV cache.
+ *
+ * One call attends a batch of sequences, one query token each, for one layer:
+ *
+ *   out[h] = softmax(scale * q[h] . K[g(h)]^T) V[g(h)],  g(h) = h / (n_q_heads / n_kv_heads)
+ *
+ * over the sequence's first n_tokens cached tokens. The kernel is built to run
+ * at the speed of memory: each KV block is read once for all query heads of
+ * its group, softmax is online (no buffer that grows with the context), and
+ * long sequences are cut into chunks that run on different threads and are
+ * merged with log-sum-exp. Work items (sequence x kv head x chunk) are sized
+ * and split across the OpenMP team by their cost, so one long sequence among
+ * short ones does not leave threads idle.
+ *
+ * Paths: scalar (the reference), AVX2+F16C, AVX-512, AVX-512 with vdpbf16ps
+ * (bf16 caches; the query and the softmax weights are rounded to bf16 for the
+ * dot products, as GPU flash-attention kernels do). Chosen once per td_attn
+ * from CPUID or TANDEM_ISA (cpu/isa.h).
+ *
+ * A td_attn owns its workspace: reuse one per thread that issues calls; a
+ * single td_attn must not be used from two threads at once. */
+#ifndef TD_CPU_ATTENTION_H
+#define TD_CPU_ATTENTION_H
+
+#include <stdint.h>
+
+#include "base/dtype.h"
+#include "base/error.h"
+#include "cpu/isa.h"
+#include "cpu/kv_cache.h"
+
+/* Query heads per kv head that one call supports. */
+#define TD_ATTN_MAX_GROUP 64
+
+typedef struct td_attn td_attn;
+
+typedef struct td_attn_seq {
+    const float *q;       /* [n_q_heads][head_dim] */
+    const int32_t *blocks; /* block table: ceil(n_tokens / block_tokens) ids */
+    int32_t n_tokens;     /* attend over tokens [0, n_tokens); >= 1 */
+    void *out;            /* [n_q_heads][head_dim] of the batch's out_dtype */
+} td_attn_seq;
+
+typedef struct td_attn_batch {
+    const td_kv_cache *kv;
+    int32_t layer;
+    int32_t n_q_heads; /* a multiple of the cache's n_kv_heads */
+    float scale;       /* usually 1 / sqrt(head_dim) */
+    td_dtype out_dtype; /* TD_DTYPE_F32 or TD_DTYPE_BF16 */
+    const td_attn_seq *seqs;
+    int32_t n_seqs;
+} td_attn_batch;
+
+/* n_threads: the OpenMP team size for each call (0: omp_get_max_threads()).
+ * isa: the path to use; pass td_isa_select()'s answer for the default.
+ * TANDEM_ERR_UNSUPPORTED if this CPU cannot run isa. */
+tandem_status td_attn_create(int n_threads, td_isa isa, td_attn **out, td_error *err);
+void td_attn_destroy(td_attn *a);
+td_isa td_attn_isa(const td_attn *a);
+int td_attn_threads(const td_attn *a);
+
+tandem_status td_attn_decode(td_attn *a, const td_attn_batch *b, td_error *err);
+
+#endif /* TD_CPU_ATTENTION_H */

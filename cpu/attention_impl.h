@@ -1,0 +1,112 @@
+/* Between the attention driver (attention.c) and its per-ISA kernels.
+ *
+ * A kernel attends one work item: the query heads of a range of kv heads over
+ * one chunk of a sequence's blocks, and leaves the unnormalized online-softmax
+ * state; the driver normalizes it or merges chunks with log-sum-exp. Scores
+ * are in log2 units: q arrives multiplied by scale * log2(e), so the kernels
+ * use exp2.
+ *
+ * The tiles of consecutive kv heads of one layer are adjacent in a block, so
+ * an item reads n_kv * 2 * tile_bytes contiguous bytes per block: one long
+ * stream that the prefetchers (and the kernel's own prefetch of the next
+ * block) can keep ahead of the arithmetic. */
+#ifndef TD_CPU_ATTENTION_IMPL_H
+#define TD_CPU_ATTENTION_IMPL_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "base/dtype.h"
+
+typedef struct td_attn_chunk {
+    const float *q;   /* [n_kv][group][head_dim], scaled by scale * log2(e) */
+    int32_t n_kv;     /* kv heads of the item */
+    int32_t group;    /* query heads per kv head, <= TD_ATTN_MAX_GROUP */
+    int32_t head_dim; /* a multiple of 16 */
+    int32_t block_tokens; /* a multiple of 16 */
+    td_dtype dtype;   /* of the cache: bf16 or f16 */
+    const uint8_t *pool;
+    size_t block_bytes;
+    size_t tile_offset; /* of the K tile of (layer, first kv head) in a block */
+    size_t tile_bytes;  /* the V tile follows the K tile; the next head's K follows */
+    const int32_t *blocks; /* the chunk's blocks, in token order */
+    int32_t n_tokens;      /* >= 1; every block is full but the last */
+    /* out, per query head (n_kv * group of them): running max (log2 units),
+     * sum of weights, unnormalized output */
+    float *m;   /* [n_kv * group] */
+    float *l;   /* [n_kv * group] */
+    float *acc; /* [n_kv * group][head_dim] */
+    void *scratch; /* TD_ATTN_KERNEL_SCRATCH(n_kv * group, head_dim) bytes, 64-byte aligned */
+} td_attn_chunk;
+
+/* Per-thread scratch a kernel may use: f32 weights of a pass for up to 8
+ * heads, then per head 64 bytes (a vector of partial sums) and the query in
+ * bf16 pairs. */
+#define TD_ATTN_KERNEL_SCRATCH(n_heads, head_dim) (8 * 32 * 4 + (size_t)(n_heads) * (64 + (size_t)(head_dim) * 2))
+
+/* Scores (log2 units) may exceed the running reference max by this much
+ * before the reference moves: weights stay <= 2^8, far from f32 overflow, and
+ * most passes skip the horizontal max and the rescale of the accumulators
+ * (the "lazy rescaling" of FlashAttention-3). */
+#define TD_ATTN_MAX_SLACK 8.0f
+
+/* The 16-token sub-tile of kv head kh (of the item) starting at token pos
+ * (a multiple of 16) of the chunk: its first K row (rows are block_tokens * 2
+ * elements apart) and its V pair rows (contiguous, 16 * head_dim elements). */
+static inline void td_attn_subtile(const td_attn_chunk *c, int32_t pos, int32_t kh, const uint16_t **k,
+                                   const uint16_t **v) {
+    const int32_t T = c->block_tokens, t0 = pos % T;
+    const uint8_t *tiles =
+        c->pool + (size_t)c->blocks[pos / T] * c->block_bytes + c->tile_offset + (size_t)kh * 2 * c->tile_bytes;
+    *k = (const uint16_t *)tiles + (size_t)t0 * 2;
+    *v = (const uint16_t *)(tiles + c->tile_bytes) + (size_t)t0 * c->head_dim;
+}
+
+/* The unit of work of the vector kernels: 32 tokens of one kv head, as two
+ * 16-token sub-tiles a and b (b may be empty), taken in the order
+ * (pos = 0, 32, ...) x (kv head 0 .. n_kv - 1), which walks the contiguous
+ * tiles of consecutive heads block by block.
+ *
+ * While a pass computes it prefetches the next pass's rows: K rows during
+ * q.K, V rows during p.V, a few lines per loop iteration. Spreading them
+ * matters: the same prefetches issued in one burst overflow the core's
+ * miss queues and are lost (measured: 0.65 -> 0.83 of the read bandwidth on
+ * the SmolLM2 shape). The next block is anywhere in the pool, so the hardware
+ * prefetcher cannot guess it. */
+typedef struct td_attn_pass {
+    const uint16_t *ka, *va, *kb, *vb;
+    int32_t na, nb;              /* valid tokens in a (>= 1) and b (>= 0) */
+    const char *pfk[2], *pfv[2]; /* the next pass's sub-tiles (K rows, V rows) */
+} td_attn_pass;
+
+static inline td_attn_pass td_attn_pass_at(const td_attn_chunk *c, int32_t pos, int32_t kh) {
+    const int32_t n = c->n_tokens, last = (n - 1) / 16 * 16; /* start of the last sub-tile */
+    td_attn_pass ps;
+    ps.na = n - pos < 16 ? n - pos : 16;
+    ps.nb = pos + 16 <= last ? (n - pos - 16 < 16 ? n - pos - 16 : 16) : 0;
+    td_attn_subtile(c, pos, kh, &ps.ka, &ps.va);
+    td_attn_subtile(c, ps.nb ? pos + 16 : pos, kh, &ps.kb, &ps.vb);
+    int32_t npos = pos, nkh = kh + 1;
+    if (nkh == c->n_kv)
+        npos = pos + 32 <= last ? pos + 32 : last, nkh = 0;
+    const uint16_t *k, *v;
+    td_attn_subtile(c, npos, nkh, &k, &v);
+    ps.pfk[0] = (const char *)k, ps.pfv[0] = (const char *)v;
+    td_attn_subtile(c, npos + 16 <= last ? npos + 16 : npos, nkh, &k, &v);
+    ps.pfk[1] = (const char *)k, ps.pfv[1] = (const char *)v;
+    return ps;
+}
+
+/* Prefetch for the next pass: into L2 (prefetcht1). Into L1 (t0) ties up
+ * the core's few L1 miss buffers for the whole DRAM latency (measured 2-4%
+ * slower). */
+#define TD_ATTN_PREFETCH(p) __builtin_prefetch((const void *)(p), 0, 2)
+
+typedef void (*td_attn_kernel)(const td_attn_chunk *c);
+
+void td_attn_kernel_scalar(const td_attn_chunk *c);
+void td_attn_kernel_avx2(const td_attn_chunk *c);
+void td_attn_kernel_avx512(const td_attn_chunk *c);
+void td_attn_kernel_avx512bf16(const td_attn_chunk *c);
+
+#endif /* TD_CPU_ATTENTION_IMPL_H */
