@@ -154,9 +154,10 @@ TD_INLINE void chunk(const td_attn_chunk *c, const int bf16) {
     memset(c->acc, 0, (size_t)nq * D * sizeof *c->acc);
     float *pt = c->scratch;
 
-    for (int pos = 0; pos < c->n_tokens; pos += 32)
+    for (int pos = 0; pos < c->n_tokens; pos += 32) {
+        const td_attn_pos at = td_attn_pos_at(c, pos);
         for (int kh = 0; kh < c->n_kv; kh++) {
-            const td_attn_pass ps = td_attn_pass_at(c, pos, kh);
+            const td_attn_pass ps = td_attn_pass_at(c, &at, kh);
             for (int h0 = kh * G; h0 < (kh + 1) * G; h0 += MAX_HEADS) {
                 const int HG = (kh + 1) * G - h0 < MAX_HEADS ? (kh + 1) * G - h0 : MAX_HEADS;
                 const int first = h0 == kh * G; /* prefetch once per kv head */
@@ -166,6 +167,7 @@ TD_INLINE void chunk(const td_attn_chunk *c, const int bf16) {
                           first ? ps.pfv[1] : NULL);
             }
         }
+    }
 }
 
 void td_attn_kernel_avx2(const td_attn_chunk *c) {

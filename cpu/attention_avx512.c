@@ -149,9 +149,10 @@ TD_INLINE void chunk(const td_attn_chunk *c, const int bf16) {
     float *lv = pt + 8 * 32;         /* [nq][16] partial row sums */
     memset(lv, 0, (size_t)nq * 16 * sizeof *lv);
 
-    for (int pos = 0; pos < c->n_tokens; pos += 32)
+    for (int pos = 0; pos < c->n_tokens; pos += 32) {
+        const td_attn_pos at = td_attn_pos_at(c, pos);
         for (int kh = 0; kh < c->n_kv; kh++) {
-            td_attn_pass ps = td_attn_pass_at(c, pos, kh);
+            td_attn_pass ps = td_attn_pass_at(c, &at, kh);
             for (int h0 = kh * G; h0 < (kh + 1) * G; h0 += MAX_HEADS, ps.pfk[0] = NULL) {
                 switch ((kh + 1) * G - h0 < MAX_HEADS ? (kh + 1) * G - h0 : MAX_HEADS) {
                 case 1: run_pass(c, &ps, h0, 1, bf16, pt, lv); break;
@@ -161,6 +162,7 @@ TD_INLINE void chunk(const td_attn_chunk *c, const int bf16) {
                 }
             }
         }
+    }
     for (int h = 0; h < nq; h++)
         c->l[h] = _mm512_reduce_add_ps(_mm512_load_ps(lv + h * 16));
 }

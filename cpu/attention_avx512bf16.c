@@ -157,9 +157,10 @@ void td_attn_kernel_avx512bf16(const td_attn_chunk *c) {
     for (int i = 0; i < nq * P; i++)
         qb[i] = (uint32_t)td_f32_to_bf16(c->q[2 * i]) | (uint32_t)td_f32_to_bf16(c->q[2 * i + 1]) << 16;
 
-    for (int pos = 0; pos < c->n_tokens; pos += 32)
+    for (int pos = 0; pos < c->n_tokens; pos += 32) {
+        const td_attn_pos at = td_attn_pos_at(c, pos);
         for (int kh = 0; kh < c->n_kv; kh++) {
-            td_attn_pass ps = td_attn_pass_at(c, pos, kh);
+            td_attn_pass ps = td_attn_pass_at(c, &at, kh);
             for (int h0 = kh * G; h0 < (kh + 1) * G; h0 += MAX_HEADS, ps.pfk[0] = NULL) {
                 switch ((kh + 1) * G - h0 < MAX_HEADS ? (kh + 1) * G - h0 : MAX_HEADS) {
                 case 1: run_pass(c, &ps, h0, 1, qb, pb, lv); break;
@@ -169,6 +170,7 @@ void td_attn_kernel_avx512bf16(const td_attn_chunk *c) {
                 }
             }
         }
+    }
     for (int h = 0; h < nq; h++)
         c->l[h] = _mm512_reduce_add_ps(_mm512_load_ps(lv + h * 16));
 }

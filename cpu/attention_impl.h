@@ -50,16 +50,26 @@ typedef struct td_attn_chunk {
  * (the "lazy rescaling" of FlashAttention-3). */
 #define TD_ATTN_MAX_SLACK 8.0f
 
-/* The 16-token sub-tile of kv head kh (of the item) starting at token pos
- * (a multiple of 16) of the chunk: its first K row (rows are block_tokens * 2
- * elements apart) and its V pair rows (contiguous, 16 * head_dim elements). */
-static inline void td_attn_subtile(const td_attn_chunk *c, int32_t pos, int32_t kh, const uint16_t **k,
-                                   const uint16_t **v) {
-    const int32_t T = c->block_tokens, t0 = pos % T;
-    const uint8_t *tiles =
-        c->pool + (size_t)c->blocks[pos / T] * c->block_bytes + c->tile_offset + (size_t)kh * 2 * c->tile_bytes;
-    *k = (const uint16_t *)tiles + (size_t)t0 * 2;
-    *v = (const uint16_t *)(tiles + c->tile_bytes) + (size_t)t0 * c->head_dim;
+/* Where the 16-token sub-tile starting at token pos (a multiple of 16) of
+ * the chunk lies: its block's tiles of the item's first kv head, and its
+ * first token in the block. Kv head kh's tiles are kh * 2 * tile_bytes on. */
+typedef struct td_attn_at {
+    const uint8_t *tiles;
+    int32_t t0;
+} td_attn_at;
+
+static inline td_attn_at td_attn_locate(const td_attn_chunk *c, int32_t pos) {
+    const int32_t T = c->block_tokens;
+    return (td_attn_at){c->pool + (size_t)c->blocks[pos / T] * c->block_bytes + c->tile_offset, pos % T};
+}
+
+/* K rows of a sub-tile are block_tokens * 2 elements apart; its V pair rows
+ * are contiguous (16 * head_dim elements). */
+static inline const uint16_t *td_attn_k(const td_attn_chunk *c, td_attn_at a, int32_t kh) {
+    return (const uint16_t *)(a.tiles + (size_t)kh * 2 * c->tile_bytes) + (size_t)a.t0 * 2;
+}
+static inline const uint16_t *td_attn_v(const td_attn_chunk *c, td_attn_at a, int32_t kh) {
+    return (const uint16_t *)(a.tiles + (size_t)kh * 2 * c->tile_bytes + c->tile_bytes) + (size_t)a.t0 * c->head_dim;
 }
 
 /* The unit of work of the vector kernels: 32 tokens of one kv head, as two
@@ -79,21 +89,38 @@ typedef struct td_attn_pass {
     const char *pfk[2], *pfv[2]; /* the next pass's sub-tiles (K rows, V rows) */
 } td_attn_pass;
 
-static inline td_attn_pass td_attn_pass_at(const td_attn_chunk *c, int32_t pos, int32_t kh) {
+/* The block lookups of one position, done once for all its kv heads: this
+ * pass's sub-tiles and the next position's (for the last head's prefetch). */
+typedef struct td_attn_pos {
+    td_attn_at a, b, next_a, next_b;
+    int32_t na, nb;
+} td_attn_pos;
+
+static inline td_attn_pos td_attn_pos_at(const td_attn_chunk *c, int32_t pos) {
     const int32_t n = c->n_tokens, last = (n - 1) / 16 * 16; /* start of the last sub-tile */
-    td_attn_pass ps;
-    ps.na = n - pos < 16 ? n - pos : 16;
-    ps.nb = pos + 16 <= last ? (n - pos - 16 < 16 ? n - pos - 16 : 16) : 0;
-    td_attn_subtile(c, pos, kh, &ps.ka, &ps.va);
-    td_attn_subtile(c, ps.nb ? pos + 16 : pos, kh, &ps.kb, &ps.vb);
-    int32_t npos = pos, nkh = kh + 1;
-    if (nkh == c->n_kv)
-        npos = pos + 32 <= last ? pos + 32 : last, nkh = 0;
-    const uint16_t *k, *v;
-    td_attn_subtile(c, npos, nkh, &k, &v);
-    ps.pfk[0] = (const char *)k, ps.pfv[0] = (const char *)v;
-    td_attn_subtile(c, npos + 16 <= last ? npos + 16 : npos, nkh, &k, &v);
-    ps.pfk[1] = (const char *)k, ps.pfv[1] = (const char *)v;
+    const int32_t npos = pos + 32 <= last ? pos + 32 : last;
+    td_attn_pos p;
+    p.na = n - pos < 16 ? n - pos : 16;
+    p.nb = pos + 16 <= last ? (n - pos - 16 < 16 ? n - pos - 16 : 16) : 0;
+    p.a = td_attn_locate(c, pos);
+    p.b = p.nb ? td_attn_locate(c, pos + 16) : p.a;
+    p.next_a = td_attn_locate(c, npos);
+    p.next_b = td_attn_locate(c, npos + 16 <= last ? npos + 16 : npos);
+    return p;
+}
+
+static inline td_attn_pass td_attn_pass_at(const td_attn_chunk *c, const td_attn_pos *p, int32_t kh) {
+    td_attn_pass ps = {.ka = td_attn_k(c, p->a, kh),
+                       .va = td_attn_v(c, p->a, kh),
+                       .kb = td_attn_k(c, p->b, kh),
+                       .vb = td_attn_v(c, p->b, kh),
+                       .na = p->na,
+                       .nb = p->nb};
+    /* next in order: the next kv head here, or the first of the next position */
+    const int32_t nkh = kh + 1 < c->n_kv ? kh + 1 : 0;
+    const td_attn_at na = nkh ? p->a : p->next_a, nb = nkh ? p->b : p->next_b;
+    ps.pfk[0] = (const char *)td_attn_k(c, na, nkh), ps.pfv[0] = (const char *)td_attn_v(c, na, nkh);
+    ps.pfk[1] = (const char *)td_attn_k(c, nb, nkh), ps.pfv[1] = (const char *)td_attn_v(c, nb, nkh);
     return ps;
 }
 
