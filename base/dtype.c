@@ -28,7 +28,7 @@ uint16_t td_f32_to_f16(float f) {
         return (uint16_t)(sign | 0x7e00u | ((a >> 13) & 0x3ffu));
     if (a >= 0x477ff000u) /* rounds to >= 65520: infinity */
         return (uint16_t)(sign | 0x7c00u);
-    if (a < 0x38800000u) { /* below the smallest normal f16 (2^-14) */
+    if (a < 0x38800000u) {   /* below the smallest normal f16 (2^-14) */
         if (a < 0x33000000u) /* below half the smallest subnormal: zero */
             return sign;
         /* subnormal: shift the mantissa (with its implicit bit) into place,

@@ -221,7 +221,10 @@ static double time_passes(td_attn *a, const run_ctx *r, double min_time) {
 
 int main(int argc, char **argv) {
     options o = {.block_tokens = TD_KV_DEFAULT_BLOCK_TOKENS,
-                 .threads = omp_get_max_threads(), .mem_cap = (size_t)4 << 30, .min_time = 0.4, .isa_mask = ~0u,
+                 .threads = omp_get_max_threads(),
+                 .mem_cap = (size_t)4 << 30,
+                 .min_time = 0.4,
+                 .isa_mask = ~0u,
                  .shape_mask = ~0u};
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
@@ -279,7 +282,8 @@ int main(int argc, char **argv) {
     const int n_tc = o.threads > 1 ? 2 : 1;
 
     /* the machine, measured now */
-    printf("# machine: %s, %d threads, best ISA %s\n", cpu, o.threads, td_isa_name(td_isa_best()));
+    printf("# machine: %s, %d threads, best ISA %s (kernels' default: %s)\n", cpu, o.threads,
+           td_isa_name(td_isa_best()), td_isa_name(td_isa_default()));
     printf("# measuring read bandwidth over %.2f GiB and arithmetic peaks ...\n", o.working_set / 1073741824.0);
     fflush(stdout);
     double stream[2], fma[2], dot[2];
@@ -339,7 +343,8 @@ int main(int argc, char **argv) {
                     if (layers > 4096)
                         layers = 4096;
                     int32_t *ids = malloc(sizeof(int32_t) * batch);
-                    td_kv_cache *kv = build_cache(sh, dtypes[di], batch, ctx, (int)layers, o.block_tokens, o.threads, ids);
+                    td_kv_cache *kv =
+                        build_cache(sh, dtypes[di], batch, ctx, (int)layers, o.block_tokens, o.threads, ids);
                     if (!kv)
                         return 1;
                     run_ctx r = {.sh = sh, .kv = kv, .batch = batch, .layers = (int)layers};

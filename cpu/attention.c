@@ -152,6 +152,21 @@ static tandem_status validate(const td_attn_batch *b, td_error *err) {
     return TANDEM_OK;
 }
 
+/* How to cut a sequence of nb blocks and H kv heads into pieces of about
+ * `target` block-heads: first into chunks of >= MIN_CHUNK_BLOCKS blocks,
+ * then, if that is not enough, into kv head ranges. */
+static void cut(int32_t nb, int32_t H, int64_t target, int32_t *chunks, int32_t *ranges) {
+    const int64_t cost = (int64_t)nb * H;
+    const int64_t pieces = cost / target + (cost % target != 0);
+    *chunks = 1, *ranges = 1;
+    if (pieces > 1) {
+        int64_t max_chunks = ((int64_t)nb + MIN_CHUNK_BLOCKS - 1) / MIN_CHUNK_BLOCKS;
+        *chunks = (int32_t)(pieces < max_chunks ? pieces : max_chunks);
+        int64_t r = (pieces + *chunks - 1) / *chunks;
+        *ranges = (int32_t)(r < H ? r : H);
+    }
+}
+
 /* Cuts the batch into work items of about equal cost (block x kv head) and
  * assigns contiguous ranges of them to threads by cost. Returns the number of
  * items, or -1 when out of memory. */
@@ -170,21 +185,11 @@ static int64_t plan(td_attn *a, const td_attn_batch *b, int32_t G, int32_t *n_gr
             target = MIN_CHUNK_BLOCKS;
     }
 
-    /* a sequence over target is cut first into chunks of >= MIN_CHUNK_BLOCKS
-     * blocks, then, if that is not enough, into kv head ranges */
-#define CUTS(nb, chunks, ranges)                                                                                       \
-    int64_t cost_ = (int64_t)(nb) * H, pieces_ = (cost_ + target - 1) / target;                                       \
-    int32_t chunks = 1, ranges = 1;                                                                                    \
-    if (pieces_ > 1) {                                                                                                 \
-        int64_t max_chunks_ = ((nb) + MIN_CHUNK_BLOCKS - 1) / MIN_CHUNK_BLOCKS;                                      \
-        chunks = (int32_t)(pieces_ < max_chunks_ ? pieces_ : max_chunks_);                                             \
-        int64_t r_ = (pieces_ + chunks - 1) / chunks;                                                                  \
-        ranges = (int32_t)(r_ < H ? r_ : H);                                                                           \
-    }
     int64_t n_items = 0, n_merge = 0;
     for (int32_t s = 0; s < b->n_seqs; s++) {
         int32_t nb = (b->seqs[s].n_tokens + T - 1) / T;
-        CUTS(nb, chunks, ranges);
+        int32_t chunks, ranges;
+        cut(nb, H, target, &chunks, &ranges);
         n_items += (int64_t)chunks * ranges;
         n_merge += chunks > 1 ? ranges : 0;
     }
@@ -196,7 +201,8 @@ static int64_t plan(td_attn *a, const td_attn_batch *b, int32_t G, int32_t *n_gr
     int32_t g = 0;
     for (int32_t s = 0; s < b->n_seqs; s++) {
         const int32_t n_tok = b->seqs[s].n_tokens, nb = (n_tok + T - 1) / T;
-        CUTS(nb, chunks, ranges);
+        int32_t chunks, ranges;
+        cut(nb, H, target, &chunks, &ranges);
         const int32_t per_chunk = (nb + chunks - 1) / chunks, per_range = (H + ranges - 1) / ranges;
         for (int32_t kv0 = 0; kv0 < H; kv0 += per_range) {
             const int32_t n_kv = H - kv0 < per_range ? H - kv0 : per_range;
@@ -219,7 +225,6 @@ static int64_t plan(td_attn *a, const td_attn_batch *b, int32_t G, int32_t *n_gr
             }
         }
     }
-#undef CUTS
 
     /* contiguous ranges of about equal cost; an item costs its blocks times
      * its heads, plus a fixed overhead (loading q, writing out) */

@@ -35,17 +35,17 @@
 typedef struct td_attn td_attn;
 
 typedef struct td_attn_seq {
-    const float *q;       /* [n_q_heads][head_dim] */
+    const float *q;        /* [n_q_heads][head_dim] */
     const int32_t *blocks; /* block table: ceil(n_tokens / block_tokens) ids */
-    int32_t n_tokens;     /* attend over tokens [0, n_tokens); >= 1 */
-    void *out;            /* [n_q_heads][head_dim] of the batch's out_dtype */
+    int32_t n_tokens;      /* attend over tokens [0, n_tokens); >= 1 */
+    void *out;             /* [n_q_heads][head_dim] of the batch's out_dtype */
 } td_attn_seq;
 
 typedef struct td_attn_batch {
     const td_kv_cache *kv;
     int32_t layer;
-    int32_t n_q_heads; /* a multiple of the cache's n_kv_heads */
-    float scale;       /* usually 1 / sqrt(head_dim) */
+    int32_t n_q_heads;  /* a multiple of the cache's n_kv_heads */
+    float scale;        /* usually 1 / sqrt(head_dim) */
     td_dtype out_dtype; /* TD_DTYPE_F32 or TD_DTYPE_BF16 */
     const td_attn_seq *seqs;
     int32_t n_seqs;

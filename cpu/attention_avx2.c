@@ -163,8 +163,7 @@ TD_INLINE void chunk(const td_attn_chunk *c, const int bf16) {
                 const int first = h0 == kh * G; /* prefetch once per kv head */
                 heads(c, ps.ka, ps.va, ps.na, h0, HG, bf16, pt, first ? ps.pfk[0] : NULL, first ? ps.pfv[0] : NULL);
                 if (ps.nb)
-                    heads(c, ps.kb, ps.vb, ps.nb, h0, HG, bf16, pt, first ? ps.pfk[1] : NULL,
-                          first ? ps.pfv[1] : NULL);
+                    heads(c, ps.kb, ps.vb, ps.nb, h0, HG, bf16, pt, first ? ps.pfk[1] : NULL, first ? ps.pfv[1] : NULL);
             }
         }
     }

@@ -96,7 +96,8 @@ TD_INLINE void run_pass(const td_attn_chunk *c, const td_attn_pass *ps, int h0, 
         split(_mm512_loadu_si512(ka), bf16, &ea, &oa);
         split(_mm512_loadu_si512(kb), bf16, &eb, &ob);
         for (int h = 0; h < HG; h++) {
-            const __m512 qe = _mm512_set1_ps(q[(size_t)h * D + 2 * r]), qo = _mm512_set1_ps(q[(size_t)h * D + 2 * r + 1]);
+            const __m512 qe = _mm512_set1_ps(q[(size_t)h * D + 2 * r]),
+                         qo = _mm512_set1_ps(q[(size_t)h * D + 2 * r + 1]);
             sae[h] = _mm512_fmadd_ps(qe, ea, sae[h]);
             sao[h] = _mm512_fmadd_ps(qo, oa, sao[h]);
             sbe[h] = _mm512_fmadd_ps(qe, eb, sbe[h]);
@@ -145,8 +146,8 @@ TD_INLINE void chunk(const td_attn_chunk *c, const int bf16) {
         c->l[h] = 0.0f;
     }
     memset(c->acc, 0, (size_t)nq * D * sizeof *c->acc);
-    float *pt = c->scratch;          /* [MAX_HEADS][32] weights of a pass */
-    float *lv = pt + 8 * 32;         /* [nq][16] partial row sums */
+    float *pt = c->scratch;  /* [MAX_HEADS][32] weights of a pass */
+    float *lv = pt + 8 * 32; /* [nq][16] partial row sums */
     memset(lv, 0, (size_t)nq * 16 * sizeof *lv);
 
     for (int pos = 0; pos < c->n_tokens; pos += 32) {

@@ -58,8 +58,8 @@ TD_INLINE void pv(const td_attn_chunk *c, const uint16_t *V, int n, const uint32
     }
 }
 
-TD_INLINE void pv_block(const td_attn_chunk *c, const td_attn_pass *ps, const uint32_t *pb, int h0, const int HG,
-                        int j, const int JB) {
+TD_INLINE void pv_block(const td_attn_chunk *c, const td_attn_pass *ps, const uint32_t *pb, int h0, const int HG, int j,
+                        const int JB) {
     const int D = c->head_dim;
     __m512 a0[MAX_HEADS][2], a1[MAX_HEADS][2];
     for (int h = 0; h < HG; h++)

@@ -19,30 +19,30 @@
 #include "base/dtype.h"
 
 typedef struct td_attn_chunk {
-    const float *q;   /* [n_kv][group][head_dim], scaled by scale * log2(e) */
-    int32_t n_kv;     /* kv heads of the item */
-    int32_t group;    /* query heads per kv head, <= TD_ATTN_MAX_GROUP */
-    int32_t head_dim; /* a multiple of 16 */
+    const float *q;       /* [n_kv][group][head_dim], scaled by scale * log2(e) */
+    int32_t n_kv;         /* kv heads of the item */
+    int32_t group;        /* query heads per kv head, <= TD_ATTN_MAX_GROUP */
+    int32_t head_dim;     /* a multiple of 16 */
     int32_t block_tokens; /* a multiple of 16 */
-    td_dtype dtype;   /* of the cache: bf16 or f16 */
+    td_dtype dtype;       /* of the cache: bf16 or f16 */
     const uint8_t *pool;
     size_t block_bytes;
-    size_t tile_offset; /* of the K tile of (layer, first kv head) in a block */
-    size_t tile_bytes;  /* the V tile follows the K tile; the next head's K follows */
+    size_t tile_offset;    /* of the K tile of (layer, first kv head) in a block */
+    size_t tile_bytes;     /* the V tile follows the K tile; the next head's K follows */
     const int32_t *blocks; /* the chunk's blocks, in token order */
     int32_t n_tokens;      /* >= 1; every block is full but the last */
     /* out, per query head (n_kv * group of them): running max (log2 units),
      * sum of weights, unnormalized output */
-    float *m;   /* [n_kv * group] */
-    float *l;   /* [n_kv * group] */
-    float *acc; /* [n_kv * group][head_dim] */
+    float *m;      /* [n_kv * group] */
+    float *l;      /* [n_kv * group] */
+    float *acc;    /* [n_kv * group][head_dim] */
     void *scratch; /* TD_ATTN_KERNEL_SCRATCH(n_kv * group, head_dim) bytes, 64-byte aligned */
 } td_attn_chunk;
 
 /* Per-thread scratch a kernel may use: f32 weights of a pass for up to 8
  * heads, then per head 64 bytes (a vector of partial sums) and the query in
  * bf16 pairs. */
-#define TD_ATTN_KERNEL_SCRATCH(n_heads, head_dim) (8 * 32 * 4 + (size_t)(n_heads) * (64 + (size_t)(head_dim) * 2))
+#define TD_ATTN_KERNEL_SCRATCH(n_heads, head_dim) (8 * 32 * 4 + (size_t)(n_heads) * (64 + (size_t)(head_dim)*2))
 
 /* Scores (log2 units) may exceed the running reference max by this much
  * before the reference moves: weights stay <= 2^8, far from f32 overflow, and

@@ -20,8 +20,8 @@ tandem_status td_isa_parse(const char *name, td_isa *out, td_error *err) {
             return TANDEM_OK;
         }
     }
-    return td_fail(err, TANDEM_ERR_INVALID_ARGUMENT,
-                   "unknown ISA '%s' (expected scalar, avx2, avx512 or avx512bf16)", name);
+    return td_fail(err, TANDEM_ERR_INVALID_ARGUMENT, "unknown ISA '%s' (expected scalar, avx2, avx512 or avx512bf16)",
+                   name);
 }
 
 #ifdef TD_X86
@@ -53,8 +53,7 @@ static bool cpu_has(td_isa isa) {
     if (isa == TD_ISA_AVX2)
         return avx2;
     bool zmm_os = (xcr0 & 0xe6) == 0xe6; /* opmask, ZMM_Hi256, Hi16_ZMM */
-    bool avx512 = avx2 && zmm_os && (b & bit_AVX512F) && (b & bit_AVX512BW) && (b & bit_AVX512DQ) &&
-                  (b & bit_AVX512VL);
+    bool avx512 = avx2 && zmm_os && (b & bit_AVX512F) && (b & bit_AVX512BW) && (b & bit_AVX512DQ) && (b & bit_AVX512VL);
     if (isa == TD_ISA_AVX512)
         return avx512;
     if (isa == TD_ISA_AVX512BF16) {

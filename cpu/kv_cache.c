@@ -317,8 +317,8 @@ tandem_status td_kv_append(td_kv_cache *kv, int32_t seq, const void *k, const vo
     return TANDEM_OK;
 }
 
-tandem_status td_kv_read(const td_kv_cache *kv, int32_t seq, int32_t layer, int32_t pos, int32_t n, float *k,
-                         float *v, td_error *err) {
+tandem_status td_kv_read(const td_kv_cache *kv, int32_t seq, int32_t layer, int32_t pos, int32_t n, float *k, float *v,
+                         td_error *err) {
     tandem_status st = check_rows(kv, seq, layer, pos, n, err);
     if (st)
         return st;

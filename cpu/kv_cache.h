@@ -119,7 +119,7 @@ tandem_status td_kv_append(td_kv_cache *kv, int32_t seq, const void *k, const vo
 
 /* Reads tokens [pos, pos + n) of one layer back as f32, [n][n_kv_heads]
  * [head_dim]; either output may be NULL. */
-tandem_status td_kv_read(const td_kv_cache *kv, int32_t seq, int32_t layer, int32_t pos, int32_t n, float *k,
-                         float *v, td_error *err);
+tandem_status td_kv_read(const td_kv_cache *kv, int32_t seq, int32_t layer, int32_t pos, int32_t n, float *k, float *v,
+                         td_error *err);
 
 #endif /* TD_CPU_KV_CACHE_H */

@@ -106,8 +106,10 @@ static double fma_scalar(long iters) {
     memcpy(out, &a[0], sizeof out);                                                                                    \
     return out[0];
 
-TARGET("avx2,fma") static double fma_avx2(long iters) { FMA_BODY(__m256, _mm256_set1_ps, _mm256_fmadd_ps, _mm256_add_ps, 8) }
-TARGET("avx512f") static double fma_avx512(long iters) { FMA_BODY(__m512, _mm512_set1_ps, _mm512_fmadd_ps, _mm512_add_ps, 16) }
+TARGET("avx2,fma")
+static double fma_avx2(long iters){FMA_BODY(__m256, _mm256_set1_ps, _mm256_fmadd_ps, _mm256_add_ps,
+                                            8)} TARGET("avx512f") static double fma_avx512(long iters){
+    FMA_BODY(__m512, _mm512_set1_ps, _mm512_fmadd_ps, _mm512_add_ps, 16)}
 
 TARGET("avx512f,avx512bf16") static double dot_bf16(long iters) {
     __m512 a[12];

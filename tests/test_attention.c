@@ -39,10 +39,10 @@ typedef struct fixture {
     td_dtype dt;
     int n_seqs;
     int32_t *ids, *lens;
-    float *q;         /* [n_seqs][n_q * D] */
-    double *ref;      /* [n_seqs][n_q * D] naive two-pass, double */
-    double *maxv;     /* [n_seqs][n_q] max |v| over the head's context */
-    double *sabs;     /* [n_seqs][n_q] max_t sum_d |q_d k_td| * scale * log2(e) */
+    float *q;     /* [n_seqs][n_q * D] */
+    double *ref;  /* [n_seqs][n_q * D] naive two-pass, double */
+    double *maxv; /* [n_seqs][n_q] max |v| over the head's context */
+    double *sabs; /* [n_seqs][n_q] max_t sum_d |q_d k_td| * scale * log2(e) */
     float scale;
 } fixture;
 
@@ -220,8 +220,8 @@ static int compare(const fixture *f, const char *what, const float *got, const d
                     fprintf(stderr,
                             "\n  %s: isa %s, %s cache, G=%d D=%d: seq %d (len %d) head %d dim %d: got %.7g want "
                             "%.7g (err %.3g > tol %.3g)\n",
-                            what, td_isa_name(isa), td_dtype_name(f->dt), f->G, D, s, f->lens[s], h, d, got[i], want,
-                            e, t);
+                            what, td_isa_name(isa), td_dtype_name(f->dt), f->G, D, s, f->lens[s], h, d, got[i], want, e,
+                            t);
                     return 0;
                 }
                 worst = fmax(worst, e / t);
@@ -237,7 +237,9 @@ static void test_scalar_vs_oracle(void) {
         int n_kv, G, D, T;
         td_dtype dt;
         float q_amp;
-    } cases[] = {{2, 1, 64, 16, TD_DTYPE_BF16, 1}, {1, 3, 80, 32, TD_DTYPE_F16, 4}, {2, 4, 96, 16, TD_DTYPE_BF16, 2},
+    } cases[] = {{2, 1, 64, 16, TD_DTYPE_BF16, 1},
+                 {1, 3, 80, 32, TD_DTYPE_F16, 4},
+                 {2, 4, 96, 16, TD_DTYPE_BF16, 2},
                  {1, 8, 128, 64, TD_DTYPE_F16, 1}};
     for (size_t c = 0; c < sizeof cases / sizeof *cases; c++) {
         fixture *f = fixture_make(cases[c].n_kv, cases[c].G, cases[c].D, cases[c].dt, cases[c].T, lens, n, 100 + c,
@@ -346,7 +348,8 @@ static void test_needles(void) {
                             float want = (float)((((s * 13 + (h / G) * 5 + d) % 41) - 20) / 4.0f + 7.0f);
                             float g = got[((size_t)s * n_q + h) * D + d];
                             if (fabsf(g - want) > 1e-2f * fabsf(want)) {
-                                fprintf(stderr, "\n  needle at %d of %d, isa %s, %d threads: head %d dim %d: %g != %g\n",
+                                fprintf(stderr,
+                                        "\n  needle at %d of %d, isa %s, %d threads: head %d dim %d: %g != %g\n",
                                         pos[s], lens[s], td_isa_name((td_isa)isa), threads, h, d, g, want);
                                 CU_FAIL_FATAL("needle output is not its V row");
                             }
@@ -379,8 +382,8 @@ static void test_unused_slots_are_ignored(void) {
             int32_t last = (f->lens[s] - 1) / l->block_tokens;
             for (int t = f->lens[s] % l->block_tokens; t && t < l->block_tokens; t++)
                 for (int layer = 0; layer < 2; layer++) {
-                    uint16_t *kt = (uint16_t *)(pool + (size_t)table[last] * l->block_bytes +
-                                                td_kv_tile_offset(l, layer, 0));
+                    uint16_t *kt =
+                        (uint16_t *)(pool + (size_t)table[last] * l->block_bytes + td_kv_tile_offset(l, layer, 0));
                     uint16_t *vt = (uint16_t *)((uint8_t *)kt + l->tile_bytes);
                     for (int d = 0; d < l->head_dim; d++) {
                         kt[td_kv_k_index(l->block_tokens, t, d)] = (d & 1) ? inf16 : nan16;
@@ -418,8 +421,8 @@ static void test_errors(void) {
     float out[4 * 64];
     int32_t bad_table[2] = {0, 99999};
     td_attn_seq s = {.q = f->q, .blocks = td_kv_seq_blocks(f->kv, f->ids[0]), .n_tokens = 20, .out = out};
-    td_attn_batch ok = {.kv = f->kv, .layer = 1, .n_q_heads = 4, .scale = 0.125f, .out_dtype = TD_DTYPE_F32,
-                        .seqs = &s, .n_seqs = 1};
+    td_attn_batch ok = {
+        .kv = f->kv, .layer = 1, .n_q_heads = 4, .scale = 0.125f, .out_dtype = TD_DTYPE_F32, .seqs = &s, .n_seqs = 1};
     TD_ASSERT_OK(td_attn_decode(a, &ok, &err), &err);
     td_attn_batch b = ok;
     b.n_q_heads = 5;
@@ -465,11 +468,11 @@ static void test_isa_selection(void) {
     for (int i = 0; i < TD_ISA_COUNT; i++) {
         td_isa parsed;
         TD_ASSERT_OK(td_isa_parse(td_isa_name((td_isa)i), &parsed, &err), &err);
-        CU_ASSERT_EQUAL(parsed, i);
+        CU_ASSERT_EQUAL(parsed, (td_isa)i);
         if (td_isa_supported((td_isa)i)) {
             setenv("TANDEM_ISA", td_isa_name((td_isa)i), 1);
             TD_ASSERT_OK(td_isa_select(&isa, &err), &err);
-            CU_ASSERT_EQUAL(isa, i);
+            CU_ASSERT_EQUAL(isa, (td_isa)i);
         }
     }
     unsetenv("TANDEM_ISA");

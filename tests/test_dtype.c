@@ -63,8 +63,8 @@ static void test_f32_to_f16(void) {
             check_f32_to_f16(-cases[i]);
         }
     }
-    const float special[] = {INFINITY, -INFINITY, NAN, 65504.0f, 65519.99f, 65520.0f, 1e10f, 1e-10f, 0x1p-25f,
-                             0x1.000002p-25f, 0x1p-24f, 0x1.8p-24f, 0x1p-14f, 0x1.ffcp-15f};
+    const float special[] = {INFINITY, -INFINITY,       NAN,      65504.0f,   65519.99f, 65520.0f,    1e10f, 1e-10f,
+                             0x1p-25f, 0x1.000002p-25f, 0x1p-24f, 0x1.8p-24f, 0x1p-14f,  0x1.ffcp-15f};
     for (size_t i = 0; i < sizeof special / sizeof *special; i++)
         check_f32_to_f16(special[i]);
     td_rng r = {42};

@@ -49,8 +49,8 @@ static inline int32_t td_rng_int(td_rng *r, int32_t lo, int32_t hi) {
     do {                                                                                                               \
         tandem_status st_ = (call);                                                                                    \
         if (st_ != (expected))                                                                                         \
-            fprintf(stderr, "\n  %s:%d: %s returned %s (%s), expected %s\n", __FILE__, __LINE__, #call,                 \
-                    tandem_status_name(st_), (errp)->msg, tandem_status_name(expected));                                 \
+            fprintf(stderr, "\n  %s:%d: %s returned %s (%s), expected %s\n", __FILE__, __LINE__, #call,                \
+                    tandem_status_name(st_), (errp)->msg, tandem_status_name(expected));                               \
         CU_ASSERT_EQUAL_FATAL(st_, (expected));                                                                        \
     } while (0)
 

@@ -20,7 +20,7 @@ int fail(char *msg, size_t n, const char *what, cudaError_t e) {
 } // namespace
 
 extern "C" __attribute__((visibility("default"))) int tandem_cuda_probe(td_cuda_probe_info *info, char *msg,
-                                                                         size_t msg_size) {
+                                                                        size_t msg_size) {
     int count = 0;
     cudaError_t e = cudaGetDeviceCount(&count);
     if (e != cudaSuccess)

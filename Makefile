@@ -1,0 +1,45 @@
+# A thin wrapper over CMake.
+#   make run    set up, build, run the main job (today: the decode-attention benchmark)
+#   make test   set up, build, run every test: an ASan/UBSan build with clang, then the
+#               release build with gcc (CUDA plugin included when nvcc is present)
+#   make bench-full   the full attention sweep
+#   make format       clang-format every source
+BUILD ?= build
+BUILD_SAN ?= build-sanitize
+JOBS ?= $(shell nproc)
+CMAKE_FLAGS ?=
+# nvcc lives here on machines with the CUDA toolkit; CMake finds it on PATH
+export PATH := $(PATH):/usr/local/cuda/bin
+
+.PHONY: all setup build build-sanitize run test bench-full format clean
+all: build
+
+setup:
+	@scripts/setup
+
+build: setup
+	@cmake -S . -B $(BUILD) -DCMAKE_BUILD_TYPE=Release $(CMAKE_FLAGS) >/dev/null
+	@cmake --build $(BUILD) -j $(JOBS)
+
+build-sanitize: setup
+	@cmake -S . -B $(BUILD_SAN) -DCMAKE_BUILD_TYPE=RelWithDebInfo -DCMAKE_C_COMPILER=clang \
+	    -DTANDEM_SANITIZE=ON -DTANDEM_CUDA=OFF $(CMAKE_FLAGS) >/dev/null
+	@cmake --build $(BUILD_SAN) -j $(JOBS)
+
+run: build
+	$(BUILD)/bench/bench_attention
+
+bench-full: build
+	$(BUILD)/bench/bench_attention --full
+
+test: build-sanitize build
+	@echo "== tests, clang + ASan/UBSan ($(BUILD_SAN))"
+	@cd $(BUILD_SAN) && ctest --output-on-failure -j $(JOBS)
+	@echo "== tests, release ($(BUILD))"
+	@cd $(BUILD) && ctest --output-on-failure -j $(JOBS)
+
+format:
+	@scripts/format
+
+clean:
+	rm -rf $(BUILD) $(BUILD_SAN)
