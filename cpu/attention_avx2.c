@@ -6,22 +6,23 @@
 #include <string.h>
 
 #include "cpu/attention_impl.h"
+#include "cpu/exp2_poly.h"
 
 #define TD_INLINE static inline __attribute__((always_inline))
 #define MAX_HEADS 4 /* 8 score registers of the 16 ymm */
 
-/* 2^x, as td_exp2_avx512: degree-6 polynomial on the fraction, the integer
- * part put into the exponent field (x clamped to [-127, 127]; 2^-127 -> 0). */
+/* 2^x: the polynomial of exp2_poly.h on the fraction, the integer part put
+ * into the exponent field (x clamped to [-127, 127]; 2^-127 -> 0). */
 TD_INLINE __m256 exp2_avx2(__m256 x) {
     x = _mm256_min_ps(_mm256_max_ps(x, _mm256_set1_ps(-127.0f)), _mm256_set1_ps(127.0f));
     __m256 n = _mm256_round_ps(x, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
     __m256 f = _mm256_sub_ps(x, n);
-    __m256 p = _mm256_set1_ps(1.5403530393381606e-4f);
-    p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(1.3333558146428443e-3f));
-    p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(9.6181291076284772e-3f));
-    p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(5.5504108664821580e-2f));
-    p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(2.4022650695910071e-1f));
-    p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(6.9314718055994531e-1f));
+    __m256 p = _mm256_set1_ps(TD_EXP2_C6);
+    p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(TD_EXP2_C5));
+    p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(TD_EXP2_C4));
+    p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(TD_EXP2_C3));
+    p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(TD_EXP2_C2));
+    p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(TD_EXP2_C1));
     p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(1.0f));
     __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
     return _mm256_mul_ps(p, _mm256_castsi256_ps(e));
@@ -146,12 +147,8 @@ TD_INLINE void heads(const td_attn_chunk *c, const uint16_t *K, const uint16_t *
 }
 
 TD_INLINE void chunk(const td_attn_chunk *c, const int bf16) {
-    const int G = c->group, D = c->head_dim, nq = c->n_kv * G;
-    for (int h = 0; h < nq; h++) {
-        c->m[h] = -INFINITY;
-        c->l[h] = 0.0f;
-    }
-    memset(c->acc, 0, (size_t)nq * D * sizeof *c->acc);
+    const int G = c->group;
+    td_attn_chunk_reset(c);
     float *pt = c->scratch;
 
     for (int pos = 0; pos < c->n_tokens; pos += 32) {

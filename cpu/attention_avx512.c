@@ -108,24 +108,11 @@ TD_INLINE void run_pass(const td_attn_chunk *c, const td_attn_pass *ps, int h0, 
     /* online softmax over the 32 tokens; the row sum stays a vector (lv)
      * until the chunk ends */
     const __mmask16 va = td_lanes_avx512(ps->na), vb = td_lanes_avx512(ps->nb);
-    const __m512 ninf = _mm512_set1_ps(-INFINITY);
     for (int h = 0; h < HG; h++) {
         const int hh = h0 + h;
-        __m512 sa = _mm512_mask_mov_ps(ninf, va, _mm512_add_ps(sae[h], sao[h]));
-        __m512 sb = _mm512_mask_mov_ps(ninf, vb, _mm512_add_ps(sbe[h], sbo[h]));
-        __m512 smax = _mm512_max_ps(sa, sb);
-        if (_mm512_cmp_ps_mask(smax, _mm512_set1_ps(c->m[hh] + TD_ATTN_MAX_SLACK), _CMP_GT_OQ)) {
-            float mx = _mm512_reduce_max_ps(smax);
-            if (c->m[hh] != -INFINITY) {
-                float r = exp2f(c->m[hh] - mx);
-                _mm512_store_ps(lv + hh * 16, _mm512_mul_ps(_mm512_load_ps(lv + hh * 16), _mm512_set1_ps(r)));
-                td_scale_row_avx512(c->acc + (size_t)hh * D, D, r);
-            }
-            c->m[hh] = mx;
-        }
-        const __m512 m = _mm512_set1_ps(c->m[hh]);
-        __m512 pa = _mm512_maskz_mov_ps(va, td_exp2_avx512(_mm512_sub_ps(sa, m)));
-        __m512 pb = _mm512_maskz_mov_ps(vb, td_exp2_avx512(_mm512_sub_ps(sb, m)));
+        __m512 pa, pb;
+        td_softmax_step_avx512(_mm512_add_ps(sae[h], sao[h]), _mm512_add_ps(sbe[h], sbo[h]), va, vb, TD_ATTN_MAX_SLACK,
+                               &c->m[hh], lv + hh * 16, c->acc + (size_t)hh * D, D, &pa, &pb);
         _mm512_store_ps(lv + hh * 16, _mm512_add_ps(_mm512_load_ps(lv + hh * 16), _mm512_add_ps(pa, pb)));
         _mm512_store_ps(pt + h * 32, pa);
         _mm512_store_ps(pt + h * 32 + 16, pb);
@@ -140,12 +127,8 @@ TD_INLINE void run_pass(const td_attn_chunk *c, const td_attn_pass *ps, int h0, 
 }
 
 TD_INLINE void chunk(const td_attn_chunk *c, const int bf16) {
-    const int G = c->group, D = c->head_dim, nq = c->n_kv * G;
-    for (int h = 0; h < nq; h++) {
-        c->m[h] = -INFINITY;
-        c->l[h] = 0.0f;
-    }
-    memset(c->acc, 0, (size_t)nq * D * sizeof *c->acc);
+    const int G = c->group, nq = c->n_kv * G;
+    td_attn_chunk_reset(c);
     float *pt = c->scratch;  /* [MAX_HEADS][32] weights of a pass */
     float *lv = pt + 8 * 32; /* [nq][16] partial row sums */
     memset(lv, 0, (size_t)nq * 16 * sizeof *lv);

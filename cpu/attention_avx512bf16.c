@@ -106,24 +106,12 @@ TD_INLINE void run_pass(const td_attn_chunk *c, const td_attn_pass *ps, int h0, 
     /* online softmax (lazy max, see TD_ATTN_MAX_SLACK); the weights are
      * rounded to bf16 and the row sum adds the rounded values */
     const __mmask16 va = td_lanes_avx512(ps->na), vb = td_lanes_avx512(ps->nb);
-    const __m512 ninf = _mm512_set1_ps(-INFINITY);
     for (int h = 0; h < HG; h++) {
         const int hh = h0 + h;
-        __m512 sa = _mm512_mask_mov_ps(ninf, va, _mm512_add_ps(sa0[h], sa1[h]));
-        __m512 sb = _mm512_mask_mov_ps(ninf, vb, _mm512_add_ps(sb0[h], sb1[h]));
-        __m512 smax = _mm512_max_ps(sa, sb);
-        if (_mm512_cmp_ps_mask(smax, _mm512_set1_ps(c->m[hh] + TD_ATTN_MAX_SLACK), _CMP_GT_OQ)) {
-            float mx = _mm512_reduce_max_ps(smax);
-            if (c->m[hh] != -INFINITY) {
-                float r = exp2f(c->m[hh] - mx);
-                _mm512_store_ps(lv + hh * 16, _mm512_mul_ps(_mm512_load_ps(lv + hh * 16), _mm512_set1_ps(r)));
-                td_scale_row_avx512(c->acc + (size_t)hh * D, D, r);
-            }
-            c->m[hh] = mx;
-        }
-        const __m512 m = _mm512_set1_ps(c->m[hh]);
-        __m256i pa = (__m256i)_mm512_cvtneps_pbh(_mm512_maskz_mov_ps(va, td_exp2_avx512(_mm512_sub_ps(sa, m))));
-        __m256i pbv = (__m256i)_mm512_cvtneps_pbh(_mm512_maskz_mov_ps(vb, td_exp2_avx512(_mm512_sub_ps(sb, m))));
+        __m512 wa, wb;
+        td_softmax_step_avx512(_mm512_add_ps(sa0[h], sa1[h]), _mm512_add_ps(sb0[h], sb1[h]), va, vb, TD_ATTN_MAX_SLACK,
+                               &c->m[hh], lv + hh * 16, c->acc + (size_t)hh * D, D, &wa, &wb);
+        __m256i pa = (__m256i)_mm512_cvtneps_pbh(wa), pbv = (__m256i)_mm512_cvtneps_pbh(wb);
         __m512 ra = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(pa), 16));
         __m512 rb = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(pbv), 16));
         _mm512_store_ps(lv + hh * 16, _mm512_add_ps(_mm512_load_ps(lv + hh * 16), _mm512_add_ps(ra, rb)));
@@ -144,11 +132,7 @@ void td_attn_kernel_avx512bf16(const td_attn_chunk *c) {
         return;
     }
     const int G = c->group, D = c->head_dim, P = D / 2, nq = c->n_kv * G;
-    for (int h = 0; h < nq; h++) {
-        c->m[h] = -INFINITY;
-        c->l[h] = 0.0f;
-    }
-    memset(c->acc, 0, (size_t)nq * D * sizeof *c->acc);
+    td_attn_chunk_reset(c);
     /* scratch: weight pairs [8][16] | row sums [nq][16] | q as bf16 pairs [nq][P] */
     uint32_t *pb = c->scratch;
     float *lv = (float *)(pb + 8 * 32);

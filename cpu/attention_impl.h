@@ -13,8 +13,10 @@
 #ifndef TD_CPU_ATTENTION_IMPL_H
 #define TD_CPU_ATTENTION_IMPL_H
 
+#include <math.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <string.h>
 
 #include "base/dtype.h"
 
@@ -128,6 +130,16 @@ static inline td_attn_pass td_attn_pass_at(const td_attn_chunk *c, const td_attn
  * the core's few L1 miss buffers for the whole DRAM latency (measured 2-4%
  * slower). */
 #define TD_ATTN_PREFETCH(p) __builtin_prefetch((const void *)(p), 0, 2)
+
+/* Every kernel starts a chunk from the empty state. */
+static inline void td_attn_chunk_reset(const td_attn_chunk *c) {
+    const int32_t nq = c->n_kv * c->group;
+    for (int32_t h = 0; h < nq; h++) {
+        c->m[h] = -INFINITY;
+        c->l[h] = 0.0f;
+    }
+    memset(c->acc, 0, (size_t)nq * c->head_dim * sizeof *c->acc);
+}
 
 typedef void (*td_attn_kernel)(const td_attn_chunk *c);
 

@@ -12,11 +12,7 @@ static float elem(const uint16_t *tile, size_t i, td_dtype dt) {
 
 void td_attn_kernel_scalar(const td_attn_chunk *c) {
     const int32_t G = c->group, D = c->head_dim, T = c->block_tokens, nq = c->n_kv * G;
-    for (int32_t h = 0; h < nq; h++) {
-        c->m[h] = -INFINITY;
-        c->l[h] = 0.0f;
-    }
-    memset(c->acc, 0, (size_t)nq * D * sizeof *c->acc);
+    td_attn_chunk_reset(c);
 
     for (int32_t tok = 0; tok < c->n_tokens; tok++) {
         const int32_t t = tok % T;
