@@ -1,7 +1,8 @@
 # A thin wrapper over CMake.
 #   make run    set up, build, run the main job (today: the decode-attention benchmark)
-#   make test   set up, build, run every test: an ASan/UBSan build with clang, then the
-#               release build with gcc (CUDA plugin included when nvcc is present)
+#   make test   set up, build, run every test: an ASan/UBSan build with clang (with a short
+#               libFuzzer run), then the release build with gcc (CUDA plugin included when
+#               nvcc is present)
 #   make bench-full   the full attention sweep
 #   make format       clang-format every source
 BUILD ?= build
@@ -23,7 +24,7 @@ build: setup
 
 build-sanitize: setup
 	@cmake -S . -B $(BUILD_SAN) -DCMAKE_BUILD_TYPE=RelWithDebInfo -DCMAKE_C_COMPILER=clang \
-	    -DTANDEM_SANITIZE=ON -DTANDEM_CUDA=OFF $(CMAKE_FLAGS) >/dev/null
+	    -DTANDEM_SANITIZE=ON -DTANDEM_FUZZ=ON -DTANDEM_CUDA=OFF $(CMAKE_FLAGS) >/dev/null
 	@cmake --build $(BUILD_SAN) -j $(JOBS)
 
 run: build

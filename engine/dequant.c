@@ -148,16 +148,48 @@ SCALAR_KERNELS(q6_k, 256, 210)
 /* ---- types ------------------------------------------------------------------ */
 
 typedef struct type_desc {
-    int32_t elems, bytes; /* 0 elems: not a type Tandem dequantizes */
-    td_dequant_kernels scalar;
+    int32_t elems, bytes;      /* block geometry; 0 elems: not a type we know the layout of */
+    td_dequant_kernels scalar; /* NULL: a type Tandem does not dequantize */
 } type_desc;
 
+/* Geometry of every ggml type whose block layout is known (ggml-common.h),
+ * so that a file holding, say, q5_K tensors still opens and its sizes are
+ * checked; dequantizing one is TANDEM_ERR_UNSUPPORTED. */
 #define TYPE(id, name, ELEMS, BYTES) [id] = {ELEMS, BYTES, {name##_f32, name##_bf16}}
+#define GEOMETRY(id, ELEMS, BYTES) [id] = {ELEMS, BYTES, {NULL, NULL}}
 static const type_desc types[] = {
-    TYPE(TD_GGML_F32, f32, 1, 4),     TYPE(TD_GGML_F16, f16, 1, 2),       TYPE(TD_GGML_Q4_0, q4_0, 32, 18),
-    TYPE(TD_GGML_Q4_1, q4_1, 32, 20), TYPE(TD_GGML_Q5_0, q5_0, 32, 22),   TYPE(TD_GGML_Q5_1, q5_1, 32, 24),
-    TYPE(TD_GGML_Q8_0, q8_0, 32, 34), TYPE(TD_GGML_Q4_K, q4_k, 256, 144), TYPE(TD_GGML_Q6_K, q6_k, 256, 210),
+    TYPE(TD_GGML_F32, f32, 1, 4),
+    TYPE(TD_GGML_F16, f16, 1, 2),
+    TYPE(TD_GGML_Q4_0, q4_0, 32, 18),
+    TYPE(TD_GGML_Q4_1, q4_1, 32, 20),
+    TYPE(TD_GGML_Q5_0, q5_0, 32, 22),
+    TYPE(TD_GGML_Q5_1, q5_1, 32, 24),
+    TYPE(TD_GGML_Q8_0, q8_0, 32, 34),
+    TYPE(TD_GGML_Q4_K, q4_k, 256, 144),
+    TYPE(TD_GGML_Q6_K, q6_k, 256, 210),
     TYPE(TD_GGML_BF16, bf16, 1, 2),
+    GEOMETRY(9, 32, 36),    /* q8_1 */
+    GEOMETRY(10, 256, 84),  /* q2_K */
+    GEOMETRY(11, 256, 110), /* q3_K */
+    GEOMETRY(13, 256, 176), /* q5_K */
+    GEOMETRY(15, 256, 292), /* q8_K */
+    GEOMETRY(16, 256, 66),  /* iq2_xxs */
+    GEOMETRY(17, 256, 74),  /* iq2_xs */
+    GEOMETRY(18, 256, 98),  /* iq3_xxs */
+    GEOMETRY(19, 256, 50),  /* iq1_s */
+    GEOMETRY(20, 32, 18),   /* iq4_nl */
+    GEOMETRY(21, 256, 110), /* iq3_s */
+    GEOMETRY(22, 256, 82),  /* iq2_s */
+    GEOMETRY(23, 256, 136), /* iq4_xs */
+    GEOMETRY(24, 1, 1),     /* i8 */
+    GEOMETRY(25, 1, 2),     /* i16 */
+    GEOMETRY(26, 1, 4),     /* i32 */
+    GEOMETRY(27, 1, 8),     /* i64 */
+    GEOMETRY(28, 1, 8),     /* f64 */
+    GEOMETRY(29, 256, 56),  /* iq1_m */
+    GEOMETRY(34, 256, 54),  /* tq1_0 */
+    GEOMETRY(35, 256, 66),  /* tq2_0 */
+    GEOMETRY(39, 32, 17),   /* mxfp4 */
 };
 #define N_TYPES (sizeof types / sizeof types[0])
 
@@ -175,16 +207,16 @@ const char *td_ggml_type_name(uint32_t type) {
     return type < sizeof names / sizeof names[0] && names[type] ? names[type] : "unknown";
 }
 
+/* The geometry of a type: TANDEM_ERR_FORMAT for an id ggml does not define,
+ * TANDEM_ERR_UNSUPPORTED for one whose layout we do not know. */
 static tandem_status find_type(uint32_t type, const type_desc **out, td_error *err) {
     if (type < N_TYPES && types[type].elems) {
         *out = &types[type];
         return TANDEM_OK;
     }
     if (type < sizeof names / sizeof names[0] && names[type])
-        return td_fail(err, TANDEM_ERR_UNSUPPORTED,
-                       "ggml type %u (%s) cannot be dequantized yet (supported: f32, f16, bf16, q8_0, q4_0, q4_1, "
-                       "q5_0, q5_1, q4_K, q6_K)",
-                       type, names[type]);
+        return td_fail(err, TANDEM_ERR_UNSUPPORTED, "ggml type %u (%s) has a block layout Tandem does not know", type,
+                       names[type]);
     return td_fail(err, TANDEM_ERR_FORMAT, "%u is not a ggml type id", type);
 }
 
@@ -239,6 +271,11 @@ static tandem_status prepare(uint32_t type, const void *src, const void *dst, in
     if (n && (!src || !dst))
         return td_fail(err, TANDEM_ERR_INVALID_ARGUMENT, "dequant: %s of %lld elements with a NULL %s",
                        td_ggml_type_name(type), (long long)n, src ? "destination" : "source");
+    if (!t->scalar.f32)
+        return td_fail(err, TANDEM_ERR_UNSUPPORTED,
+                       "ggml type %u (%s) cannot be dequantized yet (supported: f32, f16, bf16, q8_0, q4_0, q4_1, "
+                       "q5_0, q5_1, q4_K, q6_K)",
+                       type, td_ggml_type_name(type));
     if ((unsigned)isa >= TD_ISA_COUNT || !td_isa_supported(isa))
         return td_fail(err, TANDEM_ERR_UNSUPPORTED, "dequant: ISA %s is not available on this CPU", td_isa_name(isa));
     *k = t->scalar;

@@ -71,9 +71,11 @@ typedef enum td_ggml_type {
  * not dequantize; "unknown" for ids ggml does not define. */
 const char *td_ggml_type_name(uint32_t type);
 
-/* Elements and bytes per block of type. A ggml type Tandem does not
- * dequantize is TANDEM_ERR_UNSUPPORTED, an id ggml does not define
- * TANDEM_ERR_FORMAT; the message names the type. */
+/* Elements and bytes per block of type: known for every ggml type with a
+ * published block layout, including those Tandem does not dequantize (a
+ * file holding them still opens). An id ggml does not define is
+ * TANDEM_ERR_FORMAT, one whose layout is unknown here TANDEM_ERR_UNSUPPORTED;
+ * the message names the type. */
 tandem_status td_ggml_type_info(uint32_t type, int64_t *block_elems, size_t *block_bytes, td_error *err);
 
 /* Bytes of n elements of type: n must be >= 0 and a multiple of the block
