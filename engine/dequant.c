@@ -5,6 +5,8 @@
  * dequant.h). */
 #include "engine/dequant.h"
 
+#include <stdbool.h>
+
 #include <string.h>
 
 #include "base/dtype.h"
@@ -291,24 +293,25 @@ static tandem_status prepare(uint32_t type, const void *src, const void *dst, in
     return TANDEM_OK;
 }
 
-tandem_status td_dequant_f32(uint32_t type, const void *src, float *dst, int64_t n, td_isa isa, td_error *err) {
+/* Both entry points: checks, picks the kernel, runs it. */
+static tandem_status dequant(uint32_t type, const void *src, void *dst, bool bf16, int64_t n, td_isa isa,
+                             td_error *err) {
     td_dequant_kernels k = {NULL, NULL};
     int64_t n_blocks = 0;
     tandem_status st = prepare(type, src, dst, n, isa, &k, &n_blocks, err);
-    if (st)
+    if (st || !n_blocks)
         return st;
-    if (n_blocks)
+    if (bf16)
+        k.bf16(src, dst, n_blocks);
+    else
         k.f32(src, dst, n_blocks);
     return TANDEM_OK;
 }
 
+tandem_status td_dequant_f32(uint32_t type, const void *src, float *dst, int64_t n, td_isa isa, td_error *err) {
+    return dequant(type, src, dst, false, n, isa, err);
+}
+
 tandem_status td_dequant_bf16(uint32_t type, const void *src, uint16_t *dst, int64_t n, td_isa isa, td_error *err) {
-    td_dequant_kernels k = {NULL, NULL};
-    int64_t n_blocks = 0;
-    tandem_status st = prepare(type, src, dst, n, isa, &k, &n_blocks, err);
-    if (st)
-        return st;
-    if (n_blocks)
-        k.bf16(src, dst, n_blocks);
-    return TANDEM_OK;
+    return dequant(type, src, dst, true, n, isa, err);
 }
