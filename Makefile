@@ -1,9 +1,10 @@
 # A thin wrapper over CMake.
-#   make run    set up, build, run the main job (today: the decode-attention benchmark)
+#   make run    set up, build, fetch the default model, run the main job (today: prefill and
+#               decode throughput of the forward pass on it, bench/bench_forward)
 #   make test   set up, build, run every test: an ASan/UBSan build with clang (with a short
 #               libFuzzer run), then the release build with gcc (CUDA plugin included when
 #               nvcc is present)
-#   make bench-full   the full attention sweep
+#   make bench-attention   the decode-attention benchmark; bench-full: its full sweep
 #   make format       clang-format every source
 BUILD ?= build
 BUILD_SAN ?= build-sanitize
@@ -12,7 +13,7 @@ CMAKE_FLAGS ?=
 # nvcc lives here on machines with the CUDA toolkit; CMake finds it on PATH
 export PATH := $(PATH):/usr/local/cuda/bin
 
-.PHONY: all setup build build-sanitize run test bench-full format clean
+.PHONY: all setup build build-sanitize run test bench-attention bench-full format clean
 all: build
 
 setup:
@@ -28,6 +29,10 @@ build-sanitize: setup
 	@cmake --build $(BUILD_SAN) -j $(JOBS)
 
 run: build
+	@scripts/fetch-model >/dev/null
+	$(BUILD)/bench/bench_forward
+
+bench-attention: build
 	$(BUILD)/bench/bench_attention
 
 bench-full: build

@@ -20,6 +20,7 @@
 #include <unistd.h>
 
 #include "base/clock.h"
+#include "bench/bench_util.h"
 #include "cpu/attention.h"
 #include "cpu/hostmem.h"
 #include "cpu/kv_cache.h"
@@ -89,41 +90,8 @@ static int parse_list(const char *s, const char *(*name)(int), int n, unsigned *
     return 1;
 }
 
-static int parse_ints(const char *s, int *out, int *n) {
-    char buf[256];
-    snprintf(buf, sizeof buf, "%s", s);
-    *n = 0;
-    for (char *tok = strtok(buf, ","); tok; tok = strtok(NULL, ",")) {
-        char *end;
-        long v = strtol(tok, &end, 10);
-        if (*end || v < 1 || v > (1 << 24) || *n == 16)
-            return 0;
-        out[(*n)++] = (int)v;
-    }
-    return *n > 0;
-}
-
 static const char *isa_name_i(int i) { return td_isa_name((td_isa)i); }
 static const char *shape_name_i(int i) { return shapes[i].name; }
-
-static void cpu_model(char *out, size_t n) {
-    snprintf(out, n, "unknown CPU");
-    FILE *f = fopen("/proc/cpuinfo", "r");
-    if (!f)
-        return;
-    char line[512];
-    while (fgets(line, sizeof line, f))
-        if (strncmp(line, "model name", 10) == 0) {
-            char *p = strchr(line, ':');
-            if (p) {
-                p += 2;
-                p[strcspn(p, "\n")] = 0;
-                snprintf(out, n, "%s", p);
-            }
-            break;
-        }
-    fclose(f);
-}
 
 /* A KV cache of `layers` layers holding `batch` sequences of `ctx` tokens of
  * random values (written in parallel: distinct sequences). */
@@ -244,9 +212,9 @@ int main(int argc, char **argv) {
         else if (!strcmp(a, "--shape") && v)
             ok = parse_list(v, shape_name_i, N_SHAPES, &o.shape_mask), i++;
         else if (!strcmp(a, "--batch") && v)
-            ok = parse_ints(v, o.batches, &o.n_batches), i++;
+            ok = td_bench_parse_ints(v, o.batches, &o.n_batches), i++;
         else if (!strcmp(a, "--ctx") && v)
-            ok = parse_ints(v, o.ctxs, &o.n_ctxs), i++;
+            ok = td_bench_parse_ints(v, o.ctxs, &o.n_ctxs), i++;
         else if (!strcmp(a, "--block-tokens") && v)
             ok = (o.block_tokens = atoi(v)) >= 16 && o.block_tokens % 16 == 0, i++;
         else if (!strcmp(a, "--jsonl") && v)
@@ -277,7 +245,7 @@ int main(int argc, char **argv) {
         return 1;
     }
     char cpu[256];
-    cpu_model(cpu, sizeof cpu);
+    td_bench_cpu_model(cpu, sizeof cpu);
     const int thread_counts[2] = {1, o.threads};
     const int n_tc = o.threads > 1 ? 2 : 1;
 

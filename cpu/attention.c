@@ -47,6 +47,11 @@ struct td_attn {
     size_t partials_cap;   /* floats */
     uint8_t *scratch;      /* per thread */
     size_t scratch_stride, scratch_cap;
+    /* prefill */
+    td_prefill_tile *tiles;
+    size_t tiles_cap;
+    td_attn_seq *ents; /* the decode entries of the fallback path */
+    size_t ents_cap;
 };
 
 static const td_attn_kernel kernels[TD_ISA_COUNT] = {
@@ -89,6 +94,8 @@ void td_attn_destroy(td_attn *a) {
     free(a->thread_first);
     free(a->partials);
     free(a->scratch);
+    free(a->tiles);
+    free(a->ents);
     free(a);
 }
 
@@ -115,26 +122,47 @@ static bool reserve(void **buf, size_t *cap, size_t n, size_t size, size_t align
     return true;
 }
 
-static tandem_status validate(const td_attn_batch *b, td_error *err) {
-    if (!b->kv)
+/* The fields decode and prefill batches share. */
+static tandem_status validate_common(const td_kv_cache *kv, int32_t layer, int32_t n_q_heads, td_dtype out_dtype,
+                                     float scale, td_error *err) {
+    if (!kv)
         return td_fail(err, TANDEM_ERR_INVALID_ARGUMENT, "attention: no KV cache given");
-    const td_kv_layout *l = td_kv_get_layout(b->kv);
-    if (b->layer < 0 || b->layer >= l->n_layers)
-        return td_fail(err, TANDEM_ERR_INVALID_ARGUMENT, "attention: layer %d is out of range [0, %d)", b->layer,
+    const td_kv_layout *l = td_kv_get_layout(kv);
+    if (layer < 0 || layer >= l->n_layers)
+        return td_fail(err, TANDEM_ERR_INVALID_ARGUMENT, "attention: layer %d is out of range [0, %d)", layer,
                        l->n_layers);
-    if (b->n_q_heads < l->n_kv_heads || b->n_q_heads % l->n_kv_heads ||
-        b->n_q_heads / l->n_kv_heads > TD_ATTN_MAX_GROUP)
+    if (n_q_heads < l->n_kv_heads || n_q_heads % l->n_kv_heads || n_q_heads / l->n_kv_heads > TD_ATTN_MAX_GROUP)
         return td_fail(err, TANDEM_ERR_INVALID_ARGUMENT,
                        "attention: n_q_heads = %d must be a multiple of n_kv_heads = %d, at most %d times it",
-                       b->n_q_heads, l->n_kv_heads, TD_ATTN_MAX_GROUP);
-    if (b->out_dtype != TD_DTYPE_F32 && b->out_dtype != TD_DTYPE_BF16)
+                       n_q_heads, l->n_kv_heads, TD_ATTN_MAX_GROUP);
+    if (out_dtype != TD_DTYPE_F32 && out_dtype != TD_DTYPE_BF16)
         return td_fail(err, TANDEM_ERR_INVALID_ARGUMENT, "attention: output dtype %s is not f32 or bf16",
-                       td_dtype_name(b->out_dtype));
-    if (!isfinite(b->scale))
+                       td_dtype_name(out_dtype));
+    if (!isfinite(scale))
         return td_fail(err, TANDEM_ERR_INVALID_ARGUMENT, "attention: scale is not finite");
+    return TANDEM_OK;
+}
+
+/* A block table covering n_tokens tokens, every id inside the pool. */
+static tandem_status validate_table(const td_kv_cache *kv, const int32_t *blocks, int64_t n_tokens, const char *what,
+                                    int32_t i, td_error *err) {
+    const td_kv_layout *l = td_kv_get_layout(kv);
+    const int32_t n_blocks = td_kv_n_blocks(kv);
+    int64_t nb = (n_tokens + l->block_tokens - 1) / l->block_tokens;
+    for (int64_t k = 0; k < nb; k++)
+        if (blocks[k] < 0 || blocks[k] >= n_blocks)
+            return td_fail(err, TANDEM_ERR_INVALID_ARGUMENT,
+                           "attention: %s %d: block %lld of its table is %d, outside the pool's [0, %d)", what, i,
+                           (long long)k, blocks[k], n_blocks);
+    return TANDEM_OK;
+}
+
+static tandem_status validate(const td_attn_batch *b, td_error *err) {
+    tandem_status st = validate_common(b->kv, b->layer, b->n_q_heads, b->out_dtype, b->scale, err);
+    if (st)
+        return st;
     if (b->n_seqs < 0 || (b->n_seqs > 0 && !b->seqs))
         return td_fail(err, TANDEM_ERR_INVALID_ARGUMENT, "attention: bad sequence list (%d sequences)", b->n_seqs);
-    const int32_t n_blocks = td_kv_n_blocks(b->kv);
     for (int32_t s = 0; s < b->n_seqs; s++) {
         const td_attn_seq *q = &b->seqs[s];
         if (!q->q || !q->out || !q->blocks)
@@ -142,12 +170,8 @@ static tandem_status validate(const td_attn_batch *b, td_error *err) {
         if (q->n_tokens < 1)
             return td_fail(err, TANDEM_ERR_INVALID_ARGUMENT, "attention: sequence %d has %d tokens (need >= 1)", s,
                            q->n_tokens);
-        int32_t nb = (int32_t)(((int64_t)q->n_tokens + l->block_tokens - 1) / l->block_tokens);
-        for (int32_t i = 0; i < nb; i++)
-            if (q->blocks[i] < 0 || q->blocks[i] >= n_blocks)
-                return td_fail(err, TANDEM_ERR_INVALID_ARGUMENT,
-                               "attention: sequence %d: block %d of its table is %d, outside the pool's [0, %d)", s, i,
-                               q->blocks[i], n_blocks);
+        if ((st = validate_table(b->kv, q->blocks, q->n_tokens, "sequence", s, err)))
+            return st;
     }
     return TANDEM_OK;
 }
@@ -372,4 +396,125 @@ tandem_status td_attn_decode(td_attn *a, const td_attn_batch *b, td_error *err) 
             merge(&x, &a->groups[g], (float *)scratch);
     }
     return TANDEM_OK;
+}
+
+/* ---- prefill ---------------------------------------------------------- */
+
+static tandem_status validate_prefill(const td_attn_prefill_batch *b, td_error *err) {
+    tandem_status st = validate_common(b->kv, b->layer, b->n_q_heads, b->out_dtype, b->scale, err);
+    if (st)
+        return st;
+    if (b->n_runs < 0 || (b->n_runs > 0 && !b->runs))
+        return td_fail(err, TANDEM_ERR_INVALID_ARGUMENT, "attention: bad run list (%d runs)", b->n_runs);
+    const td_kv_layout *l = td_kv_get_layout(b->kv);
+    for (int32_t i = 0; i < b->n_runs; i++) {
+        const td_attn_run *r = &b->runs[i];
+        if (!r->q || !r->out || !r->blocks)
+            return td_fail(err, TANDEM_ERR_INVALID_ARGUMENT, "attention: run %d has a NULL q, out or table", i);
+        if (r->n < 1 || r->pos < 0 || (int64_t)r->pos + r->n > INT32_MAX)
+            return td_fail(err, TANDEM_ERR_INVALID_ARGUMENT, "attention: run %d has %d queries at position %d", i, r->n,
+                           r->pos);
+        const int64_t row = (int64_t)b->n_q_heads * l->head_dim;
+        if (r->n > 1 && (r->q_stride < row || r->out_stride < row))
+            return td_fail(err, TANDEM_ERR_INVALID_ARGUMENT,
+                           "attention: run %d: strides %lld / %lld overlap its %lld-value query rows", i,
+                           (long long)r->q_stride, (long long)r->out_stride, (long long)row);
+        if ((st = validate_table(b->kv, r->blocks, (int64_t)r->pos + r->n, "run", i, err)))
+            return st;
+    }
+    return TANDEM_OK;
+}
+
+/* The reference path: one decode entry per query. */
+static tandem_status prefill_by_decode(td_attn *a, const td_attn_prefill_batch *b, td_error *err) {
+    int64_t n = 0;
+    for (int32_t i = 0; i < b->n_runs; i++)
+        n += b->runs[i].n;
+    if (n > INT32_MAX || !reserve((void **)&a->ents, &a->ents_cap, (size_t)n, sizeof *a->ents, 0))
+        return td_fail(err, TANDEM_ERR_OUT_OF_MEMORY, "attention: out of memory for %lld queries", (long long)n);
+    const size_t esz = td_dtype_size(b->out_dtype);
+    int64_t k = 0;
+    for (int32_t i = 0; i < b->n_runs; i++) {
+        const td_attn_run *r = &b->runs[i];
+        for (int32_t j = 0; j < r->n; j++)
+            a->ents[k++] = (td_attn_seq){.q = r->q + (size_t)j * (size_t)r->q_stride,
+                                         .blocks = r->blocks,
+                                         .n_tokens = r->pos + j + 1,
+                                         .out = (char *)r->out + (size_t)j * (size_t)r->out_stride * esz};
+    }
+    td_attn_batch d = {.kv = b->kv,
+                       .layer = b->layer,
+                       .n_q_heads = b->n_q_heads,
+                       .scale = b->scale,
+                       .out_dtype = b->out_dtype,
+                       .seqs = a->ents,
+                       .n_seqs = (int32_t)n};
+    return td_attn_decode(a, &d, err);
+}
+
+/* Query tokens per tile: up to 16, and at most 64 rows (queries x heads of
+ * the group) so that a tile's accumulators stay within L1/L2. */
+static int32_t prefill_tile_queries(int32_t G) { return G >= 64 ? 1 : (64 / G < 16 ? 64 / G : 16); }
+
+#ifdef TD_HAVE_X86_KERNELS
+static tandem_status prefill_tiles(td_attn *a, const td_attn_prefill_batch *b, td_error *err) {
+    const td_kv_layout *l = td_kv_get_layout(b->kv);
+    const int32_t H = l->n_kv_heads, D = l->head_dim, G = b->n_q_heads / H, QT = prefill_tile_queries(G);
+    int64_t n_tiles = 0;
+    for (int32_t i = 0; i < b->n_runs; i++)
+        n_tiles += (int64_t)H * ((b->runs[i].n + QT - 1) / QT);
+    const size_t stride = (TD_PREFILL_WS((size_t)QT * (size_t)G, D) * sizeof(float) + 63) / 64 * 64;
+    if (n_tiles > INT32_MAX || !reserve((void **)&a->tiles, &a->tiles_cap, (size_t)n_tiles, sizeof *a->tiles, 0) ||
+        !reserve((void **)&a->scratch, &a->scratch_cap, stride * (size_t)a->n_threads, 1, 64))
+        return td_fail(err, TANDEM_ERR_OUT_OF_MEMORY, "attention: out of memory for %lld prefill tiles",
+                       (long long)n_tiles);
+    /* Tiles in decreasing cost (later queries see more tokens), so that the
+     * dynamic schedule ends with small ones and the threads finish together. */
+    const size_t esz = td_dtype_size(b->out_dtype);
+    int64_t k = 0;
+    for (int32_t i = 0; i < b->n_runs; i++) {
+        const td_attn_run *r = &b->runs[i];
+        for (int32_t j0 = (r->n - 1) / QT * QT; j0 >= 0; j0 -= QT)
+            for (int32_t g = 0; g < H; g++)
+                a->tiles[k++] = (td_prefill_tile){
+                    .q = r->q + (size_t)j0 * (size_t)r->q_stride,
+                    .q_stride = r->q_stride,
+                    .q_scale = b->scale * LOG2E,
+                    .n_q = r->n - j0 < QT ? r->n - j0 : QT,
+                    .group = G,
+                    .head_dim = D,
+                    .block_tokens = l->block_tokens,
+                    .pos0 = r->pos + j0,
+                    .dtype = l->dtype,
+                    .pool = td_kv_pool(b->kv),
+                    .block_bytes = l->block_bytes,
+                    .tile_offset = td_kv_tile_offset(l, b->layer, g),
+                    .tile_bytes = l->tile_bytes,
+                    .blocks = r->blocks,
+                    .head0 = g * G,
+                    .out = (char *)r->out + (size_t)j0 * (size_t)r->out_stride * esz,
+                    .out_stride = r->out_stride,
+                    .out_dtype = b->out_dtype,
+                };
+    }
+#pragma omp parallel num_threads(a->n_threads)
+    {
+        float *ws = (float *)(a->scratch + (size_t)omp_get_thread_num() * stride);
+#pragma omp for schedule(dynamic, 1)
+        for (int64_t i = 0; i < n_tiles; i++)
+            td_attn_prefill_avx512(&a->tiles[i], ws);
+    }
+    return TANDEM_OK;
+}
+#endif
+
+tandem_status td_attn_prefill(td_attn *a, const td_attn_prefill_batch *b, td_error *err) {
+    tandem_status st = validate_prefill(b, err);
+    if (st || b->n_runs == 0)
+        return st;
+#ifdef TD_HAVE_X86_KERNELS
+    if (a->isa == TD_ISA_AVX512 || a->isa == TD_ISA_AVX512BF16)
+        return prefill_tiles(a, b, err);
+#endif
+    return prefill_by_decode(a, b, err);
 }

@@ -61,4 +61,35 @@ int td_attn_threads(const td_attn *a);
 
 tandem_status td_attn_decode(td_attn *a, const td_attn_batch *b, td_error *err);
 
+/* Prefill: runs of consecutive query tokens of one sequence each (a prompt,
+ * or a chunk of one whose earlier tokens are already cached). Query j of a
+ * run sits at position pos + j and attends over the cached tokens
+ * [0, pos + j]: the causal mask. The cache must hold the run's K and V
+ * already (written before the call, as for decode). Same result as a decode
+ * call with one entry of n_tokens = pos + j + 1 per query; on the AVX-512
+ * paths a dedicated kernel reads each K/V sub-tile once per tile of up to 16
+ * queries instead of once per query (cpu/attention_prefill_avx512.c), the
+ * other paths make those decode calls. */
+typedef struct td_attn_run {
+    const float *q;        /* query j's heads, [n_q_heads][head_dim], at q + j * q_stride */
+    int64_t q_stride;      /* floats from one query to the next */
+    const int32_t *blocks; /* block table covering pos + n tokens */
+    int32_t pos;           /* >= 0 */
+    int32_t n;             /* queries, >= 1 */
+    void *out;             /* query j's output, [n_q_heads][head_dim], at out + j * out_stride elements */
+    int64_t out_stride;
+} td_attn_run;
+
+typedef struct td_attn_prefill_batch {
+    const td_kv_cache *kv;
+    int32_t layer;
+    int32_t n_q_heads;
+    float scale;
+    td_dtype out_dtype;
+    const td_attn_run *runs;
+    int32_t n_runs;
+} td_attn_prefill_batch;
+
+tandem_status td_attn_prefill(td_attn *a, const td_attn_prefill_batch *b, td_error *err);
+
 #endif /* TD_CPU_ATTENTION_H */

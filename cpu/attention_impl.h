@@ -148,4 +148,31 @@ void td_attn_kernel_avx2(const td_attn_chunk *c);
 void td_attn_kernel_avx512(const td_attn_chunk *c);
 void td_attn_kernel_avx512bf16(const td_attn_chunk *c);
 
+/* ---- prefill (td_attn_prefill) ------------------------------------------ */
+
+/* A tile of n_q consecutive query tokens of one sequence (query j at
+ * position pos0 + j sees cached tokens [0, pos0 + j]) and the `group` query
+ * heads of one kv head, those from head0 on. */
+typedef struct td_prefill_tile {
+    const float *q;   /* query j, head h at q + j * q_stride + (head0 + h) * head_dim */
+    int64_t q_stride; /* floats */
+    float q_scale;    /* scale * log2(e) */
+    int32_t n_q, group, head_dim, block_tokens, pos0, head0;
+    td_dtype dtype; /* of the cache */
+    const uint8_t *pool;
+    size_t block_bytes, tile_offset, tile_bytes; /* tile_offset: the kv head's K tile in a block */
+    const int32_t *blocks;
+    void *out; /* query j, head h at out + j * out_stride + (head0 + h) * head_dim elements */
+    int64_t out_stride;
+    td_dtype out_dtype;
+} td_prefill_tile;
+
+/* A tile's workspace in floats: its scaled queries and accumulators (rows
+ * x head_dim each), one widened K and V sub-tile, the rows' max and sum. */
+#define TD_PREFILL_WS(rows, head_dim)                                                                                  \
+    (2 * (size_t)(rows) * (size_t)(head_dim) + 32 * (size_t)(head_dim) + 2 * (size_t)(rows))
+
+/* ws: TD_PREFILL_WS(n_q * group, head_dim) floats, 64-byte aligned. */
+void td_attn_prefill_avx512(const td_prefill_tile *t, float *ws);
+
 #endif /* TD_CPU_ATTENTION_IMPL_H */

@@ -1,5 +1,6 @@
 #include "cpu/isa.h"
 
+#include <pthread.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -32,9 +33,8 @@ static uint64_t xgetbv0(void) {
 }
 #endif
 
-/* Computed on every call: CPUID is cheap next to anything that asks, and it
- * keeps the library free of mutable global state. */
-static bool cpu_has(td_isa isa) {
+/* What the CPU and the OS support, by CPUID and XGETBV. */
+static bool probe(td_isa isa) {
     if (isa == TD_ISA_SCALAR)
         return true;
 #ifdef TD_X86
@@ -64,6 +64,23 @@ static bool cpu_has(td_isa isa) {
     }
 #endif
     return false;
+}
+
+/* Probed once per process: in a virtual machine CPUID traps to the
+ * hypervisor (microseconds each; once per dequantized row it was 40% of a
+ * forward step), and the answer cannot change while the process runs. Set
+ * once under pthread_once, read-only after: no mutable global state. */
+static bool has[TD_ISA_COUNT];
+static pthread_once_t has_once = PTHREAD_ONCE_INIT;
+
+static void probe_all(void) {
+    for (int i = 0; i < TD_ISA_COUNT; i++)
+        has[i] = probe((td_isa)i);
+}
+
+static bool cpu_has(td_isa isa) {
+    pthread_once(&has_once, probe_all);
+    return has[isa];
 }
 
 bool td_isa_supported(td_isa isa) { return (unsigned)isa < TD_ISA_COUNT && cpu_has(isa); }

@@ -26,9 +26,10 @@
  * TANDEM_ERR_KV_FULL and changes nothing, so the caller can queue or preempt.
  *
  * Thread-safety: creating, growing and freeing sequences must be serialized by
- * the caller. td_kv_write / td_kv_read on distinct sequences (or distinct
- * layers of one sequence) may run concurrently with each other and with
- * attention over other rows. */
+ * the caller. td_kv_write / td_kv_read of distinct rows (other sequences,
+ * layers or tokens: each element is stored on its own, so two tokens that
+ * share a pair-interleaved V row touch distinct memory locations) may run
+ * concurrently with each other and with attention over other rows. */
 #ifndef TD_CPU_KV_CACHE_H
 #define TD_CPU_KV_CACHE_H
 

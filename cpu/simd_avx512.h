@@ -28,6 +28,17 @@ TD_INLINE __m512 td_exp2_avx512(__m512 x) {
     return _mm512_scalef_ps(p, n);
 }
 
+/* td_f32_to_bf16 on 16 lanes: round to nearest even on the bits; NaN keeps
+ * its sign and top payload, made quiet. */
+TD_INLINE __m256i td_to_bf16_avx512(__m512 x) {
+    const __m512i u = _mm512_castps_si512(x);
+    const __m512i lsb = _mm512_and_si512(_mm512_srli_epi32(u, 16), _mm512_set1_epi32(1));
+    __m512i r = _mm512_srli_epi32(_mm512_add_epi32(u, _mm512_add_epi32(lsb, _mm512_set1_epi32(0x7fff))), 16);
+    const __mmask16 nan = _mm512_cmp_ps_mask(x, x, _CMP_UNORD_Q);
+    r = _mm512_mask_or_epi32(r, nan, _mm512_srli_epi32(u, 16), _mm512_set1_epi32(0x40));
+    return _mm512_cvtepi32_epi16(r);
+}
+
 /* 32 16-bit values as 16 pairs -> the 16 first and the 16 second of each
  * pair, as f32. For a K row these are dims 2p and 2p+1 of 16 tokens; for a V
  * row, tokens 2s and 2s+1 of 16 dims. */

@@ -20,17 +20,6 @@ TD_INLINE __m512i load_u8x16(const uint8_t *p) { return _mm512_cvtepu8_epi32(_mm
 
 TD_INLINE __m512 q_times(__m512i q, __m512 d) { return _mm512_mul_ps(_mm512_cvtepi32_ps(q), d); }
 
-/* td_f32_to_bf16 on 16 lanes: round to nearest even on the bits; NaN keeps
- * its sign and top payload, made quiet. */
-TD_INLINE __m256i to_bf16(__m512 x) {
-    const __m512i u = _mm512_castps_si512(x);
-    const __m512i lsb = _mm512_and_si512(_mm512_srli_epi32(u, 16), _mm512_set1_epi32(1));
-    __m512i r = _mm512_srli_epi32(_mm512_add_epi32(u, _mm512_add_epi32(lsb, _mm512_set1_epi32(0x7fff))), 16);
-    const __mmask16 nan = _mm512_cmp_ps_mask(x, x, _CMP_UNORD_Q);
-    r = _mm512_mask_or_epi32(r, nan, _mm512_srli_epi32(u, 16), _mm512_set1_epi32(0x40));
-    return _mm512_cvtepi32_epi16(r);
-}
-
 /* ---- element types: 16 at a time, a masked tail (src has no alignment) --- */
 
 /* 16 f16 to f32. vcvtph2ps quiets a signalling NaN; td_f16_to_f32 keeps it,
@@ -57,10 +46,10 @@ static void f32_f32(const uint8_t *src, float *dst, int64_t n) { memcpy(dst, src
 static void f32_bf16(const uint8_t *src, uint16_t *dst, int64_t n) {
     int64_t i = 0;
     for (; i + 16 <= n; i += 16)
-        _mm256_storeu_si256((__m256i *)(dst + i), to_bf16(_mm512_loadu_ps(src + 4 * i)));
+        _mm256_storeu_si256((__m256i *)(dst + i), td_to_bf16_avx512(_mm512_loadu_ps(src + 4 * i)));
     if (i < n) {
         const __mmask16 m = td_lanes_avx512((int)(n - i));
-        _mm256_mask_storeu_epi16(dst + i, m, to_bf16(_mm512_maskz_loadu_ps(m, src + 4 * i)));
+        _mm256_mask_storeu_epi16(dst + i, m, td_to_bf16_avx512(_mm512_maskz_loadu_ps(m, src + 4 * i)));
     }
 }
 
@@ -78,10 +67,11 @@ static void f32_bf16(const uint8_t *src, uint16_t *dst, int64_t n) {
         int64_t i = 0;                                                                                                 \
         for (; i + 16 <= n; i += 16)                                                                                   \
             _mm256_storeu_si256((__m256i *)(dst + i),                                                                  \
-                                to_bf16(CONVERT(_mm256_loadu_si256((const __m256i *)(src + 2 * i)))));                 \
+                                td_to_bf16_avx512(CONVERT(_mm256_loadu_si256((const __m256i *)(src + 2 * i)))));       \
         if (i < n) {                                                                                                   \
             const __mmask16 m = td_lanes_avx512((int)(n - i));                                                         \
-            _mm256_mask_storeu_epi16(dst + i, m, to_bf16(CONVERT(_mm256_maskz_loadu_epi16(m, src + 2 * i))));          \
+            _mm256_mask_storeu_epi16(dst + i, m,                                                                       \
+                                     td_to_bf16_avx512(CONVERT(_mm256_maskz_loadu_epi16(m, src + 2 * i))));            \
         }                                                                                                              \
     }
 
@@ -200,7 +190,7 @@ TD_INLINE void q6_k_dec(const uint8_t *b, __m512 v[16]) {
             __m512 v[NV];                                                                                              \
             name##_dec(src + i * (BYTES), v);                                                                          \
             for (int k = 0; k < (NV); k++)                                                                             \
-                _mm256_storeu_si256((__m256i *)(dst + (i * (NV) + k) * 16), to_bf16(v[k]));                            \
+                _mm256_storeu_si256((__m256i *)(dst + (i * (NV) + k) * 16), td_to_bf16_avx512(v[k]));                  \
         }                                                                                                              \
     }
 

@@ -2,9 +2,12 @@
 
 #include <omp.h>
 #include <stdint.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "base/clock.h"
+#include "base/dtype.h"
+#include "cpu/linear.h"
 
 #if defined(TD_HAVE_X86_KERNELS)
 #include <immintrin.h>
@@ -163,4 +166,43 @@ double td_probe_bf16dot_gflops(int n_threads) {
 #endif
     (void)n_threads;
     return 0;
+}
+
+double td_probe_gemm_bf16_gflops(int n, int n_threads, double min_seconds) {
+    /* Square n x n x n through the engine's own host GEMM (cpu/linear.h): the
+     * rate the linear layers could reach if their shapes were this kind. */
+    double best = 0;
+    size_t nn = (size_t)n * (size_t)n;
+    uint16_t *w = malloc(nn * sizeof *w), *x = malloc(nn * sizeof *x);
+    float *y = malloc(nn * sizeof *y);
+    td_gemm *g = NULL;
+    td_linear *l = NULL;
+    int saved = omp_get_max_threads();
+    omp_set_num_threads(n_threads);
+    if (w && x && y && td_gemm_create(&g, NULL) == TANDEM_OK) {
+        /* small values of both signs, so that nothing overflows or flushes */
+        for (size_t i = 0; i < nn; i++) {
+            w[i] = td_f32_to_bf16((float)((int)(i * 2654435761u % 17) - 8) * 0.0625f);
+            x[i] = td_f32_to_bf16((float)((int)(i * 40503u % 13) - 6) * 0.125f);
+        }
+        if (td_linear_create(g, n, n, TD_DTYPE_BF16, w, &l, NULL) == TANDEM_OK &&
+            td_linear_forward(g, l, n, x, y, false, NULL) == TANDEM_OK) { /* warm-up: JIT, page faults */
+            double t_end = td_seconds() + min_seconds;
+            do {
+                double t0 = td_seconds();
+                if (td_linear_forward(g, l, n, x, y, false, NULL) != TANDEM_OK)
+                    break;
+                double gf = 2.0 * (double)nn * n / (td_seconds() - t0) * 1e-9;
+                if (gf > best)
+                    best = gf;
+            } while (td_seconds() < t_end);
+        }
+    }
+    omp_set_num_threads(saved);
+    td_linear_destroy(l);
+    td_gemm_destroy(g);
+    free(w);
+    free(x);
+    free(y);
+    return best;
 }

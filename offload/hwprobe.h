@@ -24,4 +24,9 @@ double td_probe_fma_gflops(td_isa isa, int n_threads);
  * instruction); 0 when the CPU lacks AVX512_BF16. */
 double td_probe_bf16dot_gflops(int n_threads);
 
+/* The best rate of an n x n x n bf16 GEMM (fp32 accumulation) through the
+ * engine's host GEMM (oneDNN), in GFLOP/s, over min_seconds of repetitions;
+ * 0 if it cannot run. */
+double td_probe_gemm_bf16_gflops(int n, int n_threads, double min_seconds);
+
 #endif /* TD_OFFLOAD_HWPROBE_H */

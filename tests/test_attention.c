@@ -479,6 +479,154 @@ static void test_isa_selection(void) {
     fprintf(stderr, "[best ISA on this CPU: %s] ", td_isa_name(td_isa_best()));
 }
 
+/* ---- prefill -------------------------------------------------------------
+ * Runs of consecutive queries with the causal limit, on every path, against
+ * the scalar decode kernel given one entry per query (n_tokens = pos + j + 1):
+ * the definition td_attn_prefill promises. Runs end at their sequence's end,
+ * start anywhere (a chunk of a prompt whose start is cached: pos > 0), and
+ * sit in one buffer with row strides wider than a row, as in the forward. */
+static void check_prefill(int n_kv, int G, int D, td_dtype dt, int T, uint64_t seed) {
+    td_rng r = {seed};
+    int32_t lens[6];
+    const int n_seqs = 6;
+    for (int s = 0; s < n_seqs; s++)
+        lens[s] = td_rng_int(&r, 1, s == 0 ? 1 : 150);
+    fixture *f = fixture_make(n_kv, G, D, dt, T, lens, n_seqs, seed, 3.0f);
+    const int nq = n_kv * G;
+    const int64_t stride = (int64_t)nq * D + 16; /* rows of a wider matrix */
+    td_attn_run runs[6];
+    int64_t total = 0;
+    for (int s = 0; s < n_seqs; s++) {
+        int32_t n = td_rng_int(&r, 1, lens[s] < 70 ? lens[s] : 70);
+        runs[s] = (td_attn_run){.pos = lens[s] - n, .n = n, .blocks = td_kv_seq_blocks(f->kv, f->ids[s])};
+        total += n;
+    }
+    float *q = malloc(sizeof(float) * (size_t)(total * stride));
+    for (int64_t i = 0; i < total * stride; i++)
+        q[i] = td_rng_uniform(&r, -3, 3);
+    /* the reference: scalar decode, one entry per query */
+    float *want = malloc(sizeof(float) * (size_t)(total * nq * D));
+    td_attn_seq *ents = malloc(sizeof *ents * (size_t)total);
+    int64_t k = 0;
+    for (int s = 0; s < n_seqs; s++)
+        for (int32_t j = 0; j < runs[s].n; j++, k++)
+            ents[k] = (td_attn_seq){.q = q + k * stride,
+                                    .blocks = runs[s].blocks,
+                                    .n_tokens = runs[s].pos + j + 1,
+                                    .out = want + k * nq * D};
+    td_attn *ref = NULL;
+    td_error err;
+    TD_ASSERT_OK(td_attn_create(1, TD_ISA_SCALAR, &ref, &err), &err);
+    td_attn_batch db = {.kv = f->kv,
+                        .layer = LAYER,
+                        .n_q_heads = nq,
+                        .scale = f->scale,
+                        .out_dtype = TD_DTYPE_F32,
+                        .seqs = ents,
+                        .n_seqs = (int32_t)total};
+    TD_ASSERT_OK(td_attn_decode(ref, &db, &err), &err);
+    td_attn_destroy(ref);
+
+    for (int isa = 0; isa < TD_ISA_COUNT; isa++) {
+        if (!td_isa_supported((td_isa)isa))
+            continue;
+        for (int o = 0; o < 2; o++) {
+            td_dtype out_dt = o ? TD_DTYPE_BF16 : TD_DTYPE_F32;
+            const size_t esz = td_dtype_size(out_dt);
+            uint8_t *out = malloc((size_t)(total * stride) * esz);
+            k = 0;
+            for (int s = 0; s < n_seqs; s++) {
+                runs[s].q = q + k * stride;
+                runs[s].q_stride = stride;
+                runs[s].out = out + (size_t)(k * stride) * esz;
+                runs[s].out_stride = stride;
+                k += runs[s].n;
+            }
+            td_attn *a = NULL;
+            TD_ASSERT_OK(td_attn_create(2, (td_isa)isa, &a, &err), &err);
+            td_attn_prefill_batch pb = {.kv = f->kv,
+                                        .layer = LAYER,
+                                        .n_q_heads = nq,
+                                        .scale = f->scale,
+                                        .out_dtype = out_dt,
+                                        .runs = runs,
+                                        .n_runs = n_seqs};
+            TD_ASSERT_OK(td_attn_prefill(a, &pb, &err), &err);
+            td_attn_destroy(a);
+            int bad = 0;
+            for (int64_t i = 0; i < total && !bad; i++)
+                for (int c = 0; c < nq * D; c++) {
+                    size_t at = (size_t)(i * stride + c);
+                    double got = out_dt == TD_DTYPE_F32 ? ((float *)out)[at] : td_bf16_to_f32(((uint16_t *)out)[at]);
+                    double w = want[i * nq * D + c];
+                    /* v in [-1, 1]: TOL_F32 of the largest |v|, plus bf16's rounding */
+                    double tol = TOL_F32 + (out_dt == TD_DTYPE_BF16 ? 0x1p-8 * fabs(w) : 0);
+                    if (!(fabs(got - w) <= tol)) {
+                        fprintf(stderr,
+                                "\n  prefill %s, %s out, %s cache, G=%d D=%d T=%d: query %lld value %d: got "
+                                "%.7g want %.7g\n",
+                                td_isa_name((td_isa)isa), td_dtype_name(out_dt), td_dtype_name(dt), G, D, T,
+                                (long long)i, c, got, w);
+                        bad = 1;
+                        break;
+                    }
+                }
+            CU_ASSERT_FALSE(bad);
+            free(out);
+        }
+    }
+    free(q), free(want), free(ents);
+    fixture_free(f);
+}
+
+static void test_prefill_vs_decode(void) {
+    check_prefill(3, 3, 64, TD_DTYPE_BF16, 16, 1);  /* SmolLM2 */
+    check_prefill(2, 4, 128, TD_DTYPE_BF16, 32, 2); /* Llama-3, 32-token blocks */
+    check_prefill(2, 1, 80, TD_DTYPE_F16, 16, 3);   /* MHA, d 80, f16 */
+    check_prefill(1, 16, 96, TD_DTYPE_BF16, 16, 4); /* a wide group: tiles of 4 queries */
+    check_prefill(1, 64, 64, TD_DTYPE_F16, 48, 5);  /* the widest group: tiles of 1 query */
+}
+
+static void test_prefill_errors(void) {
+    int32_t lens[1] = {20};
+    fixture *f = fixture_make(2, 2, 64, TD_DTYPE_BF16, 16, lens, 1, 9, 1.0f);
+    td_attn *a = NULL;
+    td_error err;
+    TD_ASSERT_OK(td_attn_create(1, td_isa_default(), &a, &err), &err);
+    float q[2 * 4 * 64], out[2 * 4 * 64];
+    int32_t bad_blocks[2] = {0, 1 << 30};
+    td_attn_run run = {.q = q,
+                       .q_stride = 256,
+                       .blocks = td_kv_seq_blocks(f->kv, f->ids[0]),
+                       .pos = 18,
+                       .n = 2,
+                       .out = out,
+                       .out_stride = 256};
+    td_attn_prefill_batch b = {.kv = f->kv,
+                               .layer = LAYER,
+                               .n_q_heads = 4,
+                               .scale = f->scale,
+                               .out_dtype = TD_DTYPE_F32,
+                               .runs = &run,
+                               .n_runs = 1};
+    TD_ASSERT_OK(td_attn_prefill(a, &b, &err), &err);
+    run.q_stride = 100;
+    TD_ASSERT_STATUS(TANDEM_ERR_INVALID_ARGUMENT, td_attn_prefill(a, &b, &err), &err);
+    CU_ASSERT(strstr(err.msg, "run 0") != NULL);
+    run.q_stride = 256;
+    run.n = 0;
+    TD_ASSERT_STATUS(TANDEM_ERR_INVALID_ARGUMENT, td_attn_prefill(a, &b, &err), &err);
+    run.n = 2;
+    run.blocks = bad_blocks;
+    TD_ASSERT_STATUS(TANDEM_ERR_INVALID_ARGUMENT, td_attn_prefill(a, &b, &err), &err);
+    CU_ASSERT(strstr(err.msg, "outside the pool") != NULL);
+    run.blocks = td_kv_seq_blocks(f->kv, f->ids[0]);
+    b.n_q_heads = 3;
+    TD_ASSERT_STATUS(TANDEM_ERR_INVALID_ARGUMENT, td_attn_prefill(a, &b, &err), &err);
+    td_attn_destroy(a);
+    fixture_free(f);
+}
+
 void td_test_register(void) {
     static const td_test tests[] = {
         {"scalar kernel vs naive two-pass softmax", test_scalar_vs_oracle},
@@ -487,6 +635,8 @@ void td_test_register(void) {
         {"unused slots (NaN, inf) do not leak", test_unused_slots_are_ignored},
         {"argument errors", test_errors},
         {"ISA selection and TANDEM_ISA", test_isa_selection},
+        {"prefill runs, every ISA, vs scalar decode per query", test_prefill_vs_decode},
+        {"prefill argument errors", test_prefill_errors},
         {NULL, NULL},
     };
     td_add_suite("attention", tests);

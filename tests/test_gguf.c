@@ -10,29 +10,11 @@
 #include "engine/dequant.h"
 #include "engine/gguf.h"
 #include "engine/llama_config.h"
+#include "tests/gguf_bytes.h"
 #include "tests/test_util.h"
 
 /* ---- a GGUF writer ------------------------------------------------------ */
 
-typedef struct buf {
-    uint8_t *p;
-    size_t n, cap;
-} buf;
-
-static void put(buf *b, const void *src, size_t n) {
-    if (b->n + n > b->cap) {
-        b->cap = (b->n + n) * 2 + 64;
-        b->p = realloc(b->p, b->cap);
-    }
-    memcpy(b->p + b->n, src, n);
-    b->n += n;
-}
-static void u32(buf *b, uint32_t v) { put(b, &v, 4); }
-static void u64(buf *b, uint64_t v) { put(b, &v, 8); }
-static void str(buf *b, const char *s) {
-    u64(b, strlen(s));
-    put(b, s, strlen(s));
-}
 static void key(buf *b, const char *k, td_gguf_type t) {
     str(b, k);
     u32(b, t);

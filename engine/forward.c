@@ -1,0 +1,318 @@
+/* The batched Llama forward pass on the host (engine/forward.h). */
+#include "engine/forward.h"
+
+#include <math.h>
+#include <omp.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "base/clock.h"
+#include "cpu/attention.h"
+#include "cpu/ops.h"
+
+struct td_forward {
+    const td_model *m;
+    int32_t max_tokens;
+    int n_threads;
+    td_dtype act; /* GEMM input dtype: bf16 or f32, as the weights */
+    td_attn *attn;
+    td_gemm *gemm;
+    /* workspace, [max_tokens] rows each */
+    float *x;          /* residual stream [n_embd] */
+    void *h;           /* GEMM input [max(n_embd, q_dim, n_ff)] of act */
+    float *qkv;        /* [q_dim + 2 kv_dim] */
+    float *gu;         /* [2 n_ff]; also the q/k/v split never needs it */
+    float *cs;         /* RoPE rotation [2 rope_dim] (td_rope_angles) */
+    td_attn_seq *ents; /* attention entries of the decode tokens */
+    td_attn_run *runs; /* and the runs of the prefill chunks */
+    int32_t n_ents, n_runs;
+    int32_t *tokens; /* the step's tokens, flattened */
+    int32_t *rows;   /* token index of each logits row */
+    float *logits;   /* [logits_cap][n_vocab] */
+    int32_t logits_cap;
+    td_fwd_stats stats;
+};
+
+static size_t h_width(const td_llama_config *c) {
+    size_t w = (size_t)c->n_embd, q = (size_t)c->n_heads * (size_t)c->head_dim;
+    if (q > w)
+        w = q;
+    if ((size_t)c->n_ff > w)
+        w = (size_t)c->n_ff;
+    return w;
+}
+
+tandem_status td_forward_create(const td_model *m, int32_t max_tokens, int n_threads, td_forward **out, td_error *err) {
+    *out = NULL;
+    if (max_tokens < 1)
+        return td_fail(err, TANDEM_ERR_INVALID_ARGUMENT, "forward: max_tokens %d must be >= 1", max_tokens);
+    const td_llama_config *c = &m->cfg;
+    td_forward *f = calloc(1, sizeof *f);
+    if (!f)
+        return td_fail(err, TANDEM_ERR_OUT_OF_MEMORY, "forward: out of memory");
+    f->m = m;
+    f->max_tokens = max_tokens;
+    f->n_threads = n_threads > 0 ? n_threads : omp_get_max_threads();
+    f->act = m->weights == TD_WEIGHTS_BF16 ? TD_DTYPE_BF16 : TD_DTYPE_F32;
+    const size_t T = (size_t)max_tokens, Q = (size_t)c->n_heads * (size_t)c->head_dim,
+                 KV = (size_t)c->n_kv_heads * (size_t)c->head_dim;
+    f->x = malloc(T * (size_t)c->n_embd * sizeof(float));
+    f->h = malloc(T * h_width(c) * td_dtype_size(f->act));
+    f->qkv = malloc(T * (Q + 2 * KV) * sizeof(float));
+    f->gu = malloc(T * 2 * (size_t)c->n_ff * sizeof(float));
+    f->cs = malloc(T * 2 * (size_t)c->rope_dim * sizeof(float));
+    f->ents = malloc(T * sizeof *f->ents);
+    f->runs = malloc(T * sizeof *f->runs);
+    f->tokens = malloc(T * sizeof *f->tokens);
+    f->rows = malloc(T * sizeof *f->rows);
+    tandem_status st = TANDEM_OK;
+    if (!f->x || !f->h || !f->qkv || !f->gu || !f->cs || !f->ents || !f->runs || !f->tokens || !f->rows)
+        st = td_fail(err, TANDEM_ERR_OUT_OF_MEMORY, "forward: out of memory for a %d-token workspace", max_tokens);
+    if (st == TANDEM_OK)
+        st = td_attn_create(f->n_threads, m->isa, &f->attn, err);
+    if (st == TANDEM_OK)
+        st = td_gemm_create(&f->gemm, err);
+    if (st != TANDEM_OK) {
+        td_forward_destroy(f);
+        return st;
+    }
+    *out = f;
+    return TANDEM_OK;
+}
+
+void td_forward_destroy(td_forward *f) {
+    if (!f)
+        return;
+    td_attn_destroy(f->attn);
+    td_gemm_destroy(f->gemm);
+    free(f->x);
+    free(f->h);
+    free(f->qkv);
+    free(f->gu);
+    free(f->cs);
+    free(f->ents);
+    free(f->runs);
+    free(f->tokens);
+    free(f->rows);
+    free(f->logits);
+    free(f);
+}
+
+const td_fwd_stats *td_forward_stats(const td_forward *f) { return &f->stats; }
+const td_model *td_forward_model(const td_forward *f) { return f->m; }
+int32_t td_forward_max_tokens(const td_forward *f) { return f->max_tokens; }
+void td_forward_reset_stats(td_forward *f) { memset(&f->stats, 0, sizeof f->stats); }
+
+/* Checks the batch against the model, the cache and the workspace; returns
+ * the token count and the number of logits rows. */
+static tandem_status check_batch(const td_forward *f, const td_kv_cache *kv, const td_fwd_seq *seqs, int32_t n_seqs,
+                                 int32_t *n_tok, int32_t *n_rows, td_error *err) {
+    const td_llama_config *c = &f->m->cfg;
+    const td_kv_layout *l = td_kv_get_layout(kv);
+    if (l->n_layers != c->n_layers || l->n_kv_heads != c->n_kv_heads || l->head_dim != c->head_dim)
+        return td_fail(err, TANDEM_ERR_INVALID_ARGUMENT,
+                       "forward: KV cache shape (%d layers, %d kv heads, head dim %d) does not match the model's "
+                       "(%d, %d, %d)",
+                       l->n_layers, l->n_kv_heads, l->head_dim, c->n_layers, c->n_kv_heads, c->head_dim);
+    if (n_seqs < 1)
+        return td_fail(err, TANDEM_ERR_INVALID_ARGUMENT, "forward: empty batch");
+    int64_t t = 0, r = 0;
+    for (int32_t i = 0; i < n_seqs; i++) {
+        const td_fwd_seq *s = &seqs[i];
+        if (s->n_tokens < 1 || s->pos < 0 || !s->tokens)
+            return td_fail(err, TANDEM_ERR_INVALID_ARGUMENT, "forward: sequence %d of the batch: %d tokens at %d", i,
+                           s->n_tokens, s->pos);
+        int32_t len = td_kv_seq_len(kv, s->kv_seq);
+        if (len < 0)
+            return td_fail(err, TANDEM_ERR_NOT_FOUND, "forward: sequence %d of the batch: KV sequence %d is not live",
+                           i, s->kv_seq);
+        if ((int64_t)s->pos + s->n_tokens != len)
+            return td_fail(err, TANDEM_ERR_INVALID_ARGUMENT,
+                           "forward: sequence %d of the batch: KV sequence %d holds %d tokens, expected pos %d + %d", i,
+                           s->kv_seq, len, s->pos, s->n_tokens);
+        if ((int64_t)s->pos + s->n_tokens > c->n_ctx)
+            return td_fail(err, TANDEM_ERR_LIMIT, "forward: sequence %d of the batch reaches %lld tokens (context %d)",
+                           i, (long long)s->pos + s->n_tokens, c->n_ctx);
+        t += s->n_tokens;
+        r += s->logits == TD_LOGITS_ALL ? s->n_tokens : s->logits == TD_LOGITS_LAST ? 1 : 0;
+    }
+    if (t > f->max_tokens)
+        return td_fail(err, TANDEM_ERR_LIMIT, "forward: %lld tokens in one step (max_tokens %d)", (long long)t,
+                       f->max_tokens);
+    *n_tok = (int32_t)t;
+    *n_rows = (int32_t)r;
+    return TANDEM_OK;
+}
+
+/* Lays out the step: flat tokens, RoPE angles, attention work (a decode
+ * entry for a sequence's single token, a causal run for a prompt chunk),
+ * logits rows. Attention writes straight into the O projection's input. */
+static tandem_status plan(td_forward *f, const td_kv_cache *kv, const td_fwd_seq *seqs, int32_t n_seqs, td_error *err) {
+    const td_llama_config *c = &f->m->cfg;
+    const int64_t W = (int64_t)(c->n_heads + 2 * c->n_kv_heads) * c->head_dim;
+    const int64_t Q = (int64_t)c->n_heads * c->head_dim;
+    const size_t esz = td_dtype_size(f->act);
+    int32_t t = 0, r = 0;
+    f->n_ents = f->n_runs = 0;
+    for (int32_t i = 0; i < n_seqs; i++) {
+        const td_fwd_seq *s = &seqs[i];
+        const int32_t *blocks = td_kv_seq_blocks(kv, s->kv_seq);
+        void *out = (char *)f->h + (size_t)t * (size_t)Q * esz;
+        if (s->n_tokens == 1)
+            f->ents[f->n_ents++] =
+                (td_attn_seq){.q = f->qkv + t * W, .blocks = blocks, .n_tokens = s->pos + 1, .out = out};
+        else
+            f->runs[f->n_runs++] = (td_attn_run){.q = f->qkv + t * W,
+                                                 .q_stride = W,
+                                                 .blocks = blocks,
+                                                 .pos = s->pos,
+                                                 .n = s->n_tokens,
+                                                 .out = out,
+                                                 .out_stride = Q};
+        for (int32_t j = 0; j < s->n_tokens; j++, t++) {
+            if (s->tokens[j] < 0 || s->tokens[j] >= c->n_vocab)
+                return td_fail(err, TANDEM_ERR_INVALID_ARGUMENT,
+                               "forward: sequence %d of the batch: token %d (id %d) is outside the vocabulary [0, %d)",
+                               i, j, s->tokens[j], c->n_vocab);
+            f->tokens[t] = s->tokens[j];
+            td_rope_angles((double)(s->pos + j), f->m->inv_freq, c->rope_dim, f->cs + (int64_t)t * 2 * c->rope_dim);
+            if (s->logits == TD_LOGITS_ALL || (s->logits == TD_LOGITS_LAST && j == s->n_tokens - 1))
+                f->rows[r++] = t;
+        }
+    }
+    return TANDEM_OK;
+}
+
+/* Seconds since *t; moves *t to now. */
+static inline double lap(double *t) {
+    double now = td_seconds(), d = now - *t;
+    *t = now;
+    return d;
+}
+
+static tandem_status layer(td_forward *f, td_kv_cache *kv, int32_t l, const td_fwd_seq *seqs, int32_t n_seqs, int32_t T,
+                           td_error *err) {
+    const td_model *m = f->m;
+    const td_llama_config *c = &m->cfg;
+    const td_layer_weights *L = &m->layers[l];
+    const int64_t E = c->n_embd, D = c->head_dim, Q = (int64_t)c->n_heads * D, KV = (int64_t)c->n_kv_heads * D;
+    const int64_t W = Q + 2 * KV;
+    td_fwd_stats *s = &f->stats;
+    tandem_status st;
+    double t = td_seconds();
+
+    td_rmsnorm(m->isa, T, E, f->x, E, L->attn_norm, c->rms_eps, f->h, E, f->act);
+    s->other += lap(&t);
+    if ((st = td_linear_forward(f->gemm, L->wqkv, T, f->h, f->qkv, false, err)))
+        return st;
+    s->linear += lap(&t);
+#pragma omp parallel for schedule(static) if (T >= 8)
+    for (int32_t i = 0; i < T; i++) {
+        float *row = f->qkv + i * W;
+        const float *cs = f->cs + (int64_t)i * 2 * c->rope_dim;
+        td_rope(m->isa, row, c->n_heads, c->head_dim, c->rope_dim, cs);
+        td_rope(m->isa, row + Q, c->n_kv_heads, c->head_dim, c->rope_dim, cs);
+    }
+    s->other += lap(&t);
+
+    /* K and V into the cache (a token's K and V rows are adjacent in qkv:
+     * one write per token), then every token attends over its sequence. */
+    int32_t i = 0;
+    for (int32_t q = 0; q < n_seqs; q++)
+        for (int32_t j = 0; j < seqs[q].n_tokens; j++, i++) {
+            const float *row = f->qkv + i * W;
+            if ((st = td_kv_write(kv, seqs[q].kv_seq, l, seqs[q].pos + j, 1, row + Q, row + Q + KV, TD_DTYPE_F32, err)))
+                return st;
+        }
+    const float scale = (float)(1.0 / sqrt((double)D));
+    td_attn_batch b = {.kv = kv,
+                       .layer = l,
+                       .n_q_heads = c->n_heads,
+                       .scale = scale,
+                       .out_dtype = f->act,
+                       .seqs = f->ents,
+                       .n_seqs = f->n_ents};
+    td_attn_prefill_batch pb = {.kv = kv,
+                                .layer = l,
+                                .n_q_heads = c->n_heads,
+                                .scale = scale,
+                                .out_dtype = f->act,
+                                .runs = f->runs,
+                                .n_runs = f->n_runs};
+    if ((f->n_ents && (st = td_attn_decode(f->attn, &b, err))) ||
+        (f->n_runs && (st = td_attn_prefill(f->attn, &pb, err))))
+        return st;
+    s->attention += lap(&t);
+
+    if ((st = td_linear_forward(f->gemm, L->wo, T, f->h, f->x, true, err)))
+        return st;
+    s->linear += lap(&t);
+    td_rmsnorm(m->isa, T, E, f->x, E, L->ffn_norm, c->rms_eps, f->h, E, f->act);
+    s->other += lap(&t);
+    if ((st = td_linear_forward(f->gemm, L->wgu, T, f->h, f->gu, false, err)))
+        return st;
+    s->linear += lap(&t);
+    td_swiglu(m->isa, T, c->n_ff, f->gu, f->h, f->act);
+    s->other += lap(&t);
+    if ((st = td_linear_forward(f->gemm, L->wdown, T, f->h, f->x, true, err)))
+        return st;
+    s->linear += lap(&t);
+    return TANDEM_OK;
+}
+
+static tandem_status step(td_forward *f, td_kv_cache *kv, const td_fwd_seq *seqs, int32_t n_seqs, float **logits,
+                          int32_t *n_rows, td_error *err) {
+    const td_model *m = f->m;
+    const td_llama_config *c = &m->cfg;
+    const int64_t E = c->n_embd;
+    int32_t T = 0, R = 0;
+    tandem_status st;
+    if ((st = check_batch(f, kv, seqs, n_seqs, &T, &R, err)) || (st = plan(f, kv, seqs, n_seqs, err)))
+        return st;
+    if (R > f->logits_cap) {
+        float *p = realloc(f->logits, (size_t)R * (size_t)c->n_vocab * sizeof(float));
+        if (!p)
+            return td_fail(err, TANDEM_ERR_OUT_OF_MEMORY, "forward: out of memory for %d rows of logits", R);
+        f->logits = p;
+        f->logits_cap = R;
+    }
+    double t = td_seconds();
+    if ((st = td_model_embed(m, f->tokens, T, f->x, err)))
+        return st;
+    f->stats.other += lap(&t);
+    for (int32_t l = 0; l < c->n_layers; l++)
+        if ((st = layer(f, kv, l, seqs, n_seqs, T, err)))
+            return st;
+
+    t = td_seconds();
+    if (R > 0) {
+        /* The final norm of the rows asked for only, packed, then the head. */
+        const size_t esz = td_dtype_size(f->act);
+#pragma omp parallel for schedule(static) if (R >= 8)
+        for (int32_t r = 0; r < R; r++)
+            td_rmsnorm(m->isa, 1, E, f->x + (int64_t)f->rows[r] * E, E, m->out_norm, c->rms_eps,
+                       (char *)f->h + (size_t)r * (size_t)E * esz, E, f->act);
+        f->stats.other += lap(&t);
+        if ((st = td_linear_forward(f->gemm, m->head, R, f->h, f->logits, false, err)))
+            return st;
+        f->stats.linear += lap(&t);
+    }
+    f->stats.steps++;
+    f->stats.tokens += T;
+    *logits = f->logits;
+    *n_rows = R;
+    return TANDEM_OK;
+}
+
+tandem_status td_forward_step(td_forward *f, td_kv_cache *kv, const td_fwd_seq *seqs, int32_t n_seqs, float **logits,
+                              int32_t *rows, td_error *err) {
+    *logits = NULL;
+    *rows = 0;
+    /* The GEMMs and row ops run on the calling thread's OpenMP team: size it
+     * for this step, and give the caller its own setting back. */
+    int saved = omp_get_max_threads();
+    omp_set_num_threads(f->n_threads);
+    tandem_status st = step(f, kv, seqs, n_seqs, logits, rows, err);
+    omp_set_num_threads(saved);
+    return st;
+}

@@ -1,0 +1,77 @@
+/* The batched forward pass of a Llama model on the host.
+ *
+ * One call runs one step for a batch of sequences, each contributing a run
+ * of consecutive tokens: a prompt (or a chunk of one) to prefill, or the one
+ * token of a decode. All the batch's tokens go through each linear layer as
+ * one GEMM ([tokens] x [weights]), so a step of 64 decodes or of 16 prompts
+ * reads every weight once. Attention is per sequence, over the paged host
+ * KV cache: each token's K and V are written to the cache first, then every
+ * token attends over its sequence's cache up to and including itself (the
+ * causal mask of a prefill is that length), with the decode kernel of
+ * cpu/attention.h, so prefill and decode see the same cached K/V values.
+ *
+ *   x = embed(tokens)
+ *   per layer:  h = rmsnorm(x);  q, k, v = h Wqkv;  rope(q, k);  cache k, v
+ *               x += attention(q, cache) Wo
+ *               h = rmsnorm(x);  x += (silu(h Wg) * (h Wu)) Wdown
+ *   logits = rmsnorm(x) Whead   (only for the rows asked for)
+ *
+ * With bf16 weights the GEMM inputs (normed activations, attention output,
+ * SwiGLU output) are rounded to bf16; the residual stream, the GEMM
+ * outputs and all accumulation stay fp32. With fp32 weights nothing is
+ * rounded but the KV cache entries (the cache's dtype).
+ *
+ * A td_forward holds the step's workspace (sized for max_tokens tokens), an
+ * attention context and a GEMM context: one per thread that runs steps. */
+#ifndef TD_ENGINE_FORWARD_H
+#define TD_ENGINE_FORWARD_H
+
+#include <stdint.h>
+
+#include "base/error.h"
+#include "cpu/kv_cache.h"
+#include "engine/model.h"
+
+typedef enum td_logits_mode {
+    TD_LOGITS_NONE = 0, /* a prefill chunk that is not the prompt's last */
+    TD_LOGITS_LAST = 1, /* the next-token distribution after the last token */
+    TD_LOGITS_ALL = 2,  /* one row per token (scoring, tests) */
+} td_logits_mode;
+
+typedef struct td_fwd_seq {
+    int32_t kv_seq;        /* the sequence's id in the KV cache */
+    int32_t pos;           /* position of tokens[0]: the tokens already cached */
+    int32_t n_tokens;      /* >= 1; the cache must already hold pos + n_tokens (td_kv_seq_grow) */
+    const int32_t *tokens; /* [n_tokens] */
+    td_logits_mode logits;
+} td_fwd_seq;
+
+/* Seconds spent in each part of the steps run so far. */
+typedef struct td_fwd_stats {
+    double linear;    /* GEMMs, LM head included */
+    double attention; /* KV writes and attention */
+    double other;     /* embedding, norms, RoPE, SwiGLU */
+    int64_t steps, tokens;
+} td_fwd_stats;
+
+typedef struct td_forward td_forward;
+
+/* max_tokens: the most tokens one step may carry (sum of n_tokens).
+ * n_threads: the OpenMP team of each step (0: omp_get_max_threads()). */
+tandem_status td_forward_create(const td_model *m, int32_t max_tokens, int n_threads, td_forward **out, td_error *err);
+void td_forward_destroy(td_forward *f);
+
+/* Runs one step. kv must have the model's layer count, kv heads and head
+ * dim. On success *logits points at rows x n_vocab fp32 values (owned by f,
+ * valid until the next step; the caller may overwrite them, as samplers do): the rows asked for, in the order of seqs.
+ * Errors (a bad token id, a cache that does not hold the tokens) leave the
+ * cache rows of this step partly written but change no sequence length. */
+tandem_status td_forward_step(td_forward *f, td_kv_cache *kv, const td_fwd_seq *seqs, int32_t n_seqs, float **logits,
+                              int32_t *rows, td_error *err);
+
+const td_fwd_stats *td_forward_stats(const td_forward *f);
+const td_model *td_forward_model(const td_forward *f);
+int32_t td_forward_max_tokens(const td_forward *f);
+void td_forward_reset_stats(td_forward *f);
+
+#endif /* TD_ENGINE_FORWARD_H */

@@ -1,0 +1,77 @@
+/* A Llama-family model loaded for the host: its configuration and its
+ * weights, dequantized once, at load, into the form the host GEMM runs on.
+ *
+ *   weights bf16  (default) every linear layer in bf16, reordered for
+ *                 oneDNN's kernels (cpu/linear.h): half the bytes of fp32,
+ *                 and the input type of the CPU's bf16 dot-product and AMX
+ *                 instructions;
+ *   weights f32   every linear layer in fp32 through OpenBLAS: the exact
+ *                 dequantized values, for matching an fp32 reference.
+ *
+ * Q, K and V are fused into one [q_dim + 2 kv_dim][n_embd] matrix and the
+ * FFN's gate and up into one [2 n_ff][n_embd], so a step runs four GEMMs
+ * per layer instead of seven. Norm weights are fp32. The token embedding
+ * stays in the file's own encoding (mapped, not copied) and is dequantized
+ * row by row when tokens are looked up; with a tied output, the LM head is
+ * a bf16 / fp32 copy of the same matrix.
+ *
+ * A td_model is immutable once loaded: any number of td_forward contexts
+ * (engine/forward.h) on any threads may share it. It owns the mapped file. */
+#ifndef TD_ENGINE_MODEL_H
+#define TD_ENGINE_MODEL_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "base/error.h"
+#include "cpu/isa.h"
+#include "cpu/linear.h"
+#include "engine/gguf.h"
+#include "engine/llama_config.h"
+
+typedef enum td_weights {
+    TD_WEIGHTS_BF16 = 0,
+    TD_WEIGHTS_F32 = 1,
+} td_weights;
+
+typedef struct td_model_options {
+    td_weights weights;
+    int n_threads; /* threads that dequantize at load; 0: the OpenMP default */
+    td_isa isa;    /* kernels for dequantization and row ops; TD_ISA_COUNT: td_isa_select() */
+} td_model_options;
+
+typedef struct td_layer_weights {
+    float *attn_norm, *ffn_norm; /* [n_embd] */
+    td_linear *wqkv;             /* [q_dim + 2 kv_dim][n_embd]: Q rows, then K, then V */
+    td_linear *wo;               /* [n_embd][q_dim] */
+    td_linear *wgu;              /* [2 n_ff][n_embd]: gate rows, then up */
+    td_linear *wdown;            /* [n_embd][n_ff] */
+} td_layer_weights;
+
+typedef struct td_model {
+    td_gguf *gguf;
+    td_llama_config cfg;
+    td_weights weights;
+    td_isa isa;
+    const td_gguf_tensor *tok_embd; /* [n_vocab][n_embd], the file's type */
+    size_t tok_embd_row_bytes;
+    td_layer_weights *layers; /* [n_layers] */
+    float *out_norm;          /* [n_embd] */
+    td_linear *head;          /* [n_vocab][n_embd] */
+    double *inv_freq;         /* [rope_dim / 2]: RoPE frequency of each pair, scaling included */
+    size_t weight_bytes;      /* held by the linear layers */
+    double load_seconds;
+} td_model;
+
+void td_model_options_default(td_model_options *o);
+
+/* Opens the GGUF file at path and loads the model. Errors name the file and
+ * the tensor or key at fault. */
+tandem_status td_model_load(const char *path, const td_model_options *opt, td_model **out, td_error *err);
+void td_model_free(td_model *m);
+
+/* Dequantizes the embedding rows of n tokens into out[n][n_embd] (fp32).
+ * An id outside the vocabulary is TANDEM_ERR_INVALID_ARGUMENT. */
+tandem_status td_model_embed(const td_model *m, const int32_t *tokens, int64_t n, float *out, td_error *err);
+
+#endif /* TD_ENGINE_MODEL_H */

@@ -1,0 +1,279 @@
+/* Generation: the finishing rules on logits that force each token (EOS,
+ * stop strings across tokens, max_tokens), then whole requests on
+ * SmolLM2-135M: greedy equals the numpy oracle's tokens up to its first
+ * end-of-generation token, chunked prefill and batching change nothing,
+ * seeded sampling is reproducible and independent of the batch, and a
+ * request that cannot fit the KV cache fails alone. */
+#include <stdlib.h>
+#include <string.h>
+
+#include "cpu/kv_cache.h"
+#include "engine/forward.h"
+#include "engine/generate.h"
+#include "engine/model.h"
+#include "engine/tokenizer.h"
+#include "tests/test_util.h"
+
+static td_model *M;
+static td_tokenizer *T;
+
+static void release(void) {
+    td_tokenizer_free(T);
+    td_model_free(M);
+}
+
+static void setup(void) {
+    if (M)
+        return;
+    td_error err;
+    TD_ASSERT_OK(td_model_load(TD_TEST_MODEL, NULL, &M, &err), &err);
+    TD_ASSERT_OK(td_tokenizer_load(M->gguf, &T, &err), &err);
+}
+
+static void params(td_gen_params *p, int32_t max_tokens) {
+    memset(p, 0, sizeof *p);
+    td_sampling_default(&p->sampling);
+    p->sampling.temperature = 0;
+    p->max_tokens = max_tokens;
+}
+
+/* Tokenizes text (no BOS, specials parsed). */
+static int32_t tokenize(const char *text, int32_t *ids, int32_t cap) {
+    size_t n = 0;
+    td_error err;
+    TD_ASSERT_OK(td_tokenize(T, text, strlen(text), false, true, ids, (size_t)cap, &n, &err), &err);
+    return (int32_t)n;
+}
+
+/* Feeds forced tokens through td_gen_seq_next: logits with a single +10 at
+ * the wanted id. Returns how many were consumed before it finished. */
+static int32_t force(td_gen_seq *s, const int32_t *ids, int32_t n) {
+    int32_t V = td_tokenizer_n_vocab(T);
+    float *lg = malloc((size_t)V * sizeof *lg);
+    int32_t i = 0;
+    td_error err;
+    for (; i < n && s->finish == TD_FINISH_NONE; i++) {
+        for (int32_t v = 0; v < V; v++)
+            lg[v] = 0;
+        lg[ids[i]] = 10;
+        int32_t t;
+        TD_ASSERT_OK(td_gen_seq_next(s, lg, &t, &err), &err);
+        CU_ASSERT_EQUAL(t, ids[i]);
+    }
+    free(lg);
+    return i;
+}
+
+static void test_finishing_rules(void) {
+    setup();
+    td_error err;
+    int32_t prompt[1] = {1}, ids[64];
+    int32_t n = tokenize("Hello world, the answer is 42.", ids, 64);
+    CU_ASSERT_FATAL(n > 4);
+
+    /* max_tokens */
+    td_gen_params p;
+    params(&p, 3);
+    td_gen_seq s;
+    TD_ASSERT_OK(td_gen_seq_init(&s, T, prompt, 1, &p, &err), &err);
+    CU_ASSERT_EQUAL(force(&s, ids, n), 3);
+    CU_ASSERT_EQUAL(s.finish, TD_FINISH_LENGTH);
+    char want[256];
+    size_t wn = 0;
+    TD_ASSERT_OK(td_detokenize(T, ids, 3, 0, want, sizeof want, &wn, &err), &err);
+    CU_ASSERT_EQUAL(s.n_text, wn);
+    CU_ASSERT(memcmp(s.text, want, wn) == 0);
+    td_gen_seq_free(&s);
+
+    /* a stop string spanning tokens: the text ends just before it */
+    const char *stops[2] = {"zzz", "d, the ans"};
+    params(&p, 50);
+    p.stop = stops;
+    p.n_stop = 2;
+    TD_ASSERT_OK(td_gen_seq_init(&s, T, prompt, 1, &p, &err), &err);
+    int32_t used = force(&s, ids, n);
+    CU_ASSERT(used < n);
+    CU_ASSERT_EQUAL(s.finish, TD_FINISH_STOP);
+    CU_ASSERT_EQUAL(s.n_text, strlen("Hello worl"));
+    CU_ASSERT(s.n_text == strlen("Hello worl") && memcmp(s.text, "Hello worl", s.n_text) == 0);
+    td_gen_seq_free(&s);
+
+    /* EOS (<|im_end|> for SmolLM2): finishes, its text is not emitted;
+     * with ignore_eos it is just a token */
+    int32_t eos_seq[3] = {ids[0], td_tokenizer_eos(T), ids[1]};
+    CU_ASSERT_FATAL(td_tokenizer_is_eog(T, eos_seq[1]));
+    params(&p, 50);
+    TD_ASSERT_OK(td_gen_seq_init(&s, T, prompt, 1, &p, &err), &err);
+    CU_ASSERT_EQUAL(force(&s, eos_seq, 3), 2);
+    CU_ASSERT_EQUAL(s.finish, TD_FINISH_STOP);
+    TD_ASSERT_OK(td_detokenize(T, ids, 1, 0, want, sizeof want, &wn, &err), &err);
+    CU_ASSERT(s.n_text == wn && memcmp(s.text, want, wn) == 0);
+    td_gen_seq_free(&s);
+    p.ignore_eos = true;
+    p.max_tokens = 3;
+    TD_ASSERT_OK(td_gen_seq_init(&s, T, prompt, 1, &p, &err), &err);
+    CU_ASSERT_EQUAL(force(&s, eos_seq, 3), 3);
+    CU_ASSERT_EQUAL(s.finish, TD_FINISH_LENGTH);
+    td_gen_seq_free(&s);
+
+    /* bad parameters */
+    params(&p, 0);
+    TD_ASSERT_STATUS(TANDEM_ERR_INVALID_ARGUMENT, td_gen_seq_init(&s, T, prompt, 1, &p, &err), &err);
+    params(&p, 4);
+    p.sampling.top_p = 2;
+    TD_ASSERT_STATUS(TANDEM_ERR_INVALID_ARGUMENT, td_gen_seq_init(&s, T, prompt, 1, &p, &err), &err);
+    CU_ASSERT(strstr(err.msg, "top_p") != NULL);
+    params(&p, 4);
+    int32_t bad = td_tokenizer_n_vocab(T);
+    TD_ASSERT_STATUS(TANDEM_ERR_INVALID_ARGUMENT, td_gen_seq_init(&s, T, &bad, 1, &p, &err), &err);
+}
+
+/* ---- whole requests on the model --------------------------------------- */
+
+static const char *const PROMPTS[] = {
+    ("<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face<|im_end|>\n"
+     "<|im_start|>user\nWhat is the capital of France?<|im_end|>\n<|im_start|>assistant\n"),
+    "<|im_start|>user\nName three colors.<|im_end|>\n<|im_start|>assistant\n",
+    "def fibonacci(n):",
+    "Once upon",
+    "The three laws of thermodynamics are",
+};
+#define N_PROMPTS (int32_t)(sizeof PROMPTS / sizeof *PROMPTS)
+
+/* Runs the prompts with params p (seed + i for prompt i) through
+ * td_generate; fills seqs (caller frees). */
+static void run(const td_gen_params *p, int32_t step_tokens, size_t kv_budget, int32_t n, td_gen_seq *seqs) {
+    td_error err;
+    td_kv_config kc = {.n_layers = M->cfg.n_layers,
+                       .n_kv_heads = M->cfg.n_kv_heads,
+                       .head_dim = M->cfg.head_dim,
+                       .dtype = TD_DTYPE_BF16,
+                       .budget_bytes = kv_budget,
+                       .max_seqs = n,
+                       .max_seq_tokens = 1024};
+    td_kv_cache *kv = NULL;
+    td_forward *fw = NULL;
+    TD_ASSERT_OK(td_kv_create(&kc, &kv, &err), &err);
+    TD_ASSERT_OK(td_forward_create(M, step_tokens, 0, &fw, &err), &err);
+    for (int32_t i = 0; i < n; i++) {
+        int32_t ids[256];
+        int32_t k = tokenize(PROMPTS[i % N_PROMPTS], ids, 256);
+        td_gen_params q = *p;
+        q.sampling.seed = p->sampling.seed + (uint64_t)(i % N_PROMPTS);
+        TD_ASSERT_OK(td_gen_seq_init(&seqs[i], T, ids, k, &q, &err), &err);
+    }
+    TD_ASSERT_OK(td_generate(fw, kv, M->cfg.n_ctx, seqs, n, step_tokens, &err), &err);
+    CU_ASSERT_EQUAL(td_kv_live_seqs(kv), 0); /* every finished sequence freed its blocks */
+    td_forward_destroy(fw);
+    td_kv_destroy(kv);
+}
+
+static void free_all(td_gen_seq *s, int32_t n) {
+    for (int32_t i = 0; i < n; i++)
+        td_gen_seq_free(&s[i]);
+}
+
+static bool same_tokens(const td_gen_seq *a, const td_gen_seq *b) {
+    return a->n_ids == b->n_ids && memcmp(a->ids, b->ids, (size_t)a->n_ids * sizeof *a->ids) == 0 &&
+           a->finish == b->finish && a->n_text == b->n_text && memcmp(a->text, b->text, a->n_text) == 0;
+}
+
+static void test_greedy_answer(void) {
+    setup();
+    td_gen_params p;
+    params(&p, 48);
+    td_gen_seq s[1];
+    run(&p, 512, (size_t)64 << 20, 1, s);
+    printf("\n    completion (%s, %d tokens): \"%.*s\" ", td_finish_name(s[0].finish), td_gen_seq_n_generated(&s[0]),
+           (int)s[0].n_text, s[0].text);
+    /* the oracle (tests/oracle, numpy) answers "The capital of France is
+     * Paris." then <|im_end|> */
+    CU_ASSERT_EQUAL(s[0].finish, TD_FINISH_STOP);
+    CU_ASSERT(s[0].n_text == strlen("The capital of France is Paris.") &&
+              memcmp(s[0].text, "The capital of France is Paris.", s[0].n_text) == 0);
+    free_all(s, 1);
+}
+
+static void test_chunked_and_batched(void) {
+    setup();
+    td_gen_params p;
+    params(&p, 24);
+    td_gen_seq whole[N_PROMPTS], chunked[N_PROMPTS], one[1];
+    run(&p, 512, (size_t)64 << 20, N_PROMPTS, whole);
+    run(&p, 7, (size_t)64 << 20, N_PROMPTS, chunked); /* prompts prefilled 7 tokens at a time */
+    for (int32_t i = 0; i < N_PROMPTS; i++)
+        CU_ASSERT(same_tokens(&whole[i], &chunked[i]));
+    /* the first prompt alone equals it within the batch */
+    run(&p, 512, (size_t)64 << 20, 1, one);
+    CU_ASSERT(same_tokens(&whole[0], &one[0]));
+    free_all(whole, N_PROMPTS);
+    free_all(chunked, N_PROMPTS);
+    free_all(one, 1);
+}
+
+static void test_seeded_sampling(void) {
+    setup();
+    td_gen_params p;
+    params(&p, 24);
+    p.sampling.temperature = 0.9f;
+    p.sampling.top_p = 0.95f;
+    p.sampling.top_k = 50;
+    p.sampling.seed = 1234;
+    td_gen_seq a[N_PROMPTS], b[N_PROMPTS], c[1], d[N_PROMPTS];
+    run(&p, 512, (size_t)64 << 20, N_PROMPTS, a);
+    run(&p, 64, (size_t)64 << 20, N_PROMPTS, b); /* other step shapes, same seeds */
+    run(&p, 512, (size_t)64 << 20, 1, c);        /* prompt 0 alone */
+    p.sampling.seed = 99;
+    run(&p, 512, (size_t)64 << 20, N_PROMPTS, d);
+    int differ = 0;
+    for (int32_t i = 0; i < N_PROMPTS; i++) {
+        CU_ASSERT(same_tokens(&a[i], &b[i]));
+        differ += !same_tokens(&a[i], &d[i]);
+    }
+    CU_ASSERT(same_tokens(&a[0], &c[0]));
+
+    CU_ASSERT(differ >= N_PROMPTS - 1); /* other seeds, other samples */
+    free_all(a, N_PROMPTS);
+    free_all(b, N_PROMPTS);
+    free_all(c, 1);
+    free_all(d, N_PROMPTS);
+}
+
+static void test_kv_full_fails_alone(void) {
+    setup();
+    td_gen_params p;
+    params(&p, 8);
+    /* room for 2 blocks of 16 tokens: the short prompts fit (one or two at
+     * a time), the chat prompt (37 tokens) never does */
+    td_kv_config kc = {.n_layers = M->cfg.n_layers,
+                       .n_kv_heads = M->cfg.n_kv_heads,
+                       .head_dim = M->cfg.head_dim,
+                       .dtype = TD_DTYPE_BF16,
+                       .budget_bytes = 1 << 20,
+                       .max_seqs = 1,
+                       .max_seq_tokens = 64};
+    td_kv_cache *probe = NULL;
+    td_error err;
+    TD_ASSERT_OK(td_kv_create(&kc, &probe, &err), &err);
+    size_t block = td_kv_get_layout(probe)->block_bytes;
+    td_kv_destroy(probe);
+    td_gen_seq s[N_PROMPTS];
+    run(&p, 512, 2 * block, N_PROMPTS, s);
+    CU_ASSERT_EQUAL(s[0].finish, TD_FINISH_ERROR);
+    CU_ASSERT_EQUAL(s[0].error.status, TANDEM_ERR_KV_FULL);
+    CU_ASSERT_EQUAL(s[3].finish, TD_FINISH_LENGTH); /* "Once upon" fits */
+    free_all(s, N_PROMPTS);
+}
+
+void td_test_register(void) {
+    atexit(release);
+    static const td_test tests[] = {
+        {"finishing: max_tokens, stop strings, EOS, bad parameters", test_finishing_rules},
+        {"greedy chat answer equals the oracle's", test_greedy_answer},
+        {"chunked prefill and batching change no token", test_chunked_and_batched},
+        {"seeded sampling: reproducible, independent of the batch", test_seeded_sampling},
+        {"a request the KV cache cannot hold fails alone", test_kv_full_fails_alone},
+        {NULL, NULL},
+    };
+    td_add_suite("generate", tests);
+}
