@@ -26,9 +26,11 @@ struct td_forward {
     td_attn_seq *ents; /* attention entries of the decode tokens */
     td_attn_run *runs; /* and the runs of the prefill chunks */
     int32_t n_ents, n_runs;
-    int32_t *tokens; /* the step's tokens, flattened */
-    int32_t *rows;   /* token index of each logits row */
-    float *logits;   /* [logits_cap][n_vocab] */
+    int32_t *tokens;    /* the step's tokens, flattened */
+    int32_t *tok_seq;   /* each token's entry in the batch */
+    int32_t *seq_first; /* each batch entry's first token */
+    int32_t *rows;      /* token index of each logits row */
+    float *logits;      /* [logits_cap][n_vocab] */
     int32_t logits_cap;
     td_fwd_stats stats;
 };
@@ -64,9 +66,12 @@ tandem_status td_forward_create(const td_model *m, int32_t max_tokens, int n_thr
     f->ents = malloc(T * sizeof *f->ents);
     f->runs = malloc(T * sizeof *f->runs);
     f->tokens = malloc(T * sizeof *f->tokens);
+    f->tok_seq = malloc(T * sizeof *f->tok_seq);
+    f->seq_first = malloc(T * sizeof *f->seq_first);
     f->rows = malloc(T * sizeof *f->rows);
     tandem_status st = TANDEM_OK;
-    if (!f->x || !f->h || !f->qkv || !f->gu || !f->cs || !f->ents || !f->runs || !f->tokens || !f->rows)
+    if (!f->x || !f->h || !f->qkv || !f->gu || !f->cs || !f->ents || !f->runs || !f->tokens || !f->tok_seq ||
+        !f->seq_first || !f->rows)
         st = td_fail(err, TANDEM_ERR_OUT_OF_MEMORY, "forward: out of memory for a %d-token workspace", max_tokens);
     if (st == TANDEM_OK)
         st = td_attn_create(f->n_threads, m->isa, &f->attn, err);
@@ -93,6 +98,8 @@ void td_forward_destroy(td_forward *f) {
     free(f->ents);
     free(f->runs);
     free(f->tokens);
+    free(f->tok_seq);
+    free(f->seq_first);
     free(f->rows);
     free(f->logits);
     free(f);
@@ -158,6 +165,7 @@ static tandem_status plan(td_forward *f, const td_kv_cache *kv, const td_fwd_seq
         const td_fwd_seq *s = &seqs[i];
         const int32_t *blocks = td_kv_seq_blocks(kv, s->kv_seq);
         void *out = (char *)f->h + (size_t)t * (size_t)Q * esz;
+        f->seq_first[i] = t;
         if (s->n_tokens == 1)
             f->ents[f->n_ents++] =
                 (td_attn_seq){.q = f->qkv + t * W, .blocks = blocks, .n_tokens = s->pos + 1, .out = out};
@@ -175,6 +183,7 @@ static tandem_status plan(td_forward *f, const td_kv_cache *kv, const td_fwd_seq
                                "forward: sequence %d of the batch: token %d (id %d) is outside the vocabulary [0, %d)",
                                i, j, s->tokens[j], c->n_vocab);
             f->tokens[t] = s->tokens[j];
+            f->tok_seq[t] = i;
             td_rope_angles((double)(s->pos + j), f->m->inv_freq, c->rope_dim, f->cs + (int64_t)t * 2 * c->rope_dim);
             if (s->logits == TD_LOGITS_ALL || (s->logits == TD_LOGITS_LAST && j == s->n_tokens - 1))
                 f->rows[r++] = t;
@@ -190,7 +199,7 @@ static inline double lap(double *t) {
     return d;
 }
 
-static tandem_status layer(td_forward *f, td_kv_cache *kv, int32_t l, const td_fwd_seq *seqs, int32_t n_seqs, int32_t T,
+static tandem_status layer(td_forward *f, td_kv_cache *kv, int32_t l, const td_fwd_seq *seqs, int32_t T,
                            td_error *err) {
     const td_model *m = f->m;
     const td_llama_config *c = &m->cfg;
@@ -215,15 +224,17 @@ static tandem_status layer(td_forward *f, td_kv_cache *kv, int32_t l, const td_f
     }
     s->other += lap(&t);
 
-    /* K and V into the cache (a token's K and V rows are adjacent in qkv:
-     * one write per token), then every token attends over its sequence. */
-    int32_t i = 0;
-    for (int32_t q = 0; q < n_seqs; q++)
-        for (int32_t j = 0; j < seqs[q].n_tokens; j++, i++) {
-            const float *row = f->qkv + i * W;
-            if ((st = td_kv_write(kv, seqs[q].kv_seq, l, seqs[q].pos + j, 1, row + Q, row + Q + KV, TD_DTYPE_F32, err)))
-                return st;
-        }
+    /* K and V into the cache, then every token attends over its sequence.
+     * A token's K and V rows are adjacent in qkv: one write per token, the
+     * tokens split across the team (they write distinct cache elements:
+     * cpu/kv_cache.h). check_batch validated every row, so writes succeed. */
+#pragma omp parallel for schedule(static) if (T >= 8)
+    for (int32_t i = 0; i < T; i++) {
+        const float *row = f->qkv + i * W;
+        const td_fwd_seq *q = &seqs[f->tok_seq[i]];
+        (void)td_kv_write(kv, q->kv_seq, l, q->pos + (i - f->seq_first[f->tok_seq[i]]), 1, row + Q, row + Q + KV,
+                          TD_DTYPE_F32, NULL);
+    }
     const float scale = (float)(1.0 / sqrt((double)D));
     td_attn_batch b = {.kv = kv,
                        .layer = l,
@@ -281,7 +292,7 @@ static tandem_status step(td_forward *f, td_kv_cache *kv, const td_fwd_seq *seqs
         return st;
     f->stats.other += lap(&t);
     for (int32_t l = 0; l < c->n_layers; l++)
-        if ((st = layer(f, kv, l, seqs, n_seqs, T, err)))
+        if ((st = layer(f, kv, l, seqs, T, err)))
             return st;
 
     t = td_seconds();

@@ -16,7 +16,7 @@
  *   difference between its float64 and float32 matmuls) and the KV cache,
  *   whose entries are rounded to f16 (relative 2^-11): q.k scores of
  *   magnitude ~10-30 move by up to ~1e-2 of a logit's scale in the worst
- *   head, damped by the residual stream. Measured 0.034 and 0.041 with two
+ *   head, damped by the residual stream. Measured 0.034-0.041 with three
  *   attention kernels that differ only in summation order (the worst
  *   position moves: this is rounding, amplified through 30 layers); bound
  *   0.08, 2x the worst seen, still below the oracle's smallest top-two gap
@@ -26,8 +26,8 @@
  *   bf16 weights, bf16 KV cache: TOL_BF16. Every weight and every GEMM input
  *   is rounded to bf16 (relative 2^-9 each), i.e. a relative error of ~2^-8
  *   per product, random in sign: over a 576..1536-term dot product it grows
- *   like sqrt(n), and 30 layers compound it. Measured 0.59 and 0.72 (the
- *   two attention kernels); bound 1.0.
+ *   like sqrt(n), and 30 layers compound it. Measured 0.59-0.73 (the same
+ *   three kernels); bound 1.0.
  *
  * Greedy: with fp32 weights the 32 tokens must equal the oracle's (its
  * smallest top-two gap over these prompts is 0.012, above what fp32 weights
