@@ -10,6 +10,9 @@
 #include "cpu/attention.h"
 #include "cpu/ops.h"
 
+/* Rows per FFN block (see layer()). */
+#define TD_FFN_ROWS 256
+
 struct td_forward {
     const td_model *m;
     int32_t max_tokens;
@@ -21,7 +24,7 @@ struct td_forward {
     float *x;          /* residual stream [n_embd] */
     void *h;           /* GEMM input [max(n_embd, q_dim, n_ff)] of act */
     float *qkv;        /* [q_dim + 2 kv_dim] */
-    float *gu;         /* [2 n_ff]; also the q/k/v split never needs it */
+    float *gu;         /* [min(max_tokens, TD_FFN_ROWS)][2 n_ff] */
     float *cs;         /* RoPE rotation [2 rope_dim] (td_rope_angles) */
     td_attn_seq *ents; /* attention entries of the decode tokens */
     td_attn_run *runs; /* and the runs of the prefill chunks */
@@ -61,7 +64,7 @@ tandem_status td_forward_create(const td_model *m, int32_t max_tokens, int n_thr
     f->x = malloc(T * (size_t)c->n_embd * sizeof(float));
     f->h = malloc(T * h_width(c) * td_dtype_size(f->act));
     f->qkv = malloc(T * (Q + 2 * KV) * sizeof(float));
-    f->gu = malloc(T * 2 * (size_t)c->n_ff * sizeof(float));
+    f->gu = malloc((T < TD_FFN_ROWS ? T : TD_FFN_ROWS) * 2 * (size_t)c->n_ff * sizeof(float));
     f->cs = malloc(T * 2 * (size_t)c->rope_dim * sizeof(float));
     f->ents = malloc(T * sizeof *f->ents);
     f->runs = malloc(T * sizeof *f->runs);
@@ -258,16 +261,25 @@ static tandem_status layer(td_forward *f, td_kv_cache *kv, int32_t l, const td_f
     if ((st = td_linear_forward(f->gemm, L->wo, T, f->h, f->x, true, err)))
         return st;
     s->linear += lap(&t);
-    td_rmsnorm(m->isa, T, E, f->x, E, L->ffn_norm, c->rms_eps, f->h, E, f->act);
-    s->other += lap(&t);
-    if ((st = td_linear_forward(f->gemm, L->wgu, T, f->h, f->gu, false, err)))
-        return st;
-    s->linear += lap(&t);
-    td_swiglu(m->isa, T, c->n_ff, f->gu, f->h, f->act);
-    s->other += lap(&t);
-    if ((st = td_linear_forward(f->gemm, L->wdown, T, f->h, f->x, true, err)))
-        return st;
-    s->linear += lap(&t);
+    /* The FFN in blocks of rows: gate/up of a whole 2048-token step is 25
+     * MB of fp32 that would go out to DRAM and back for SwiGLU; a block's
+     * stays in cache. Rows are independent (and a GEMM's row does not
+     * depend on the rows beside it: cpu/linear.h), so blocking changes no
+     * result. */
+    for (int32_t r0 = 0; r0 < T; r0 += TD_FFN_ROWS) {
+        const int32_t n = T - r0 < TD_FFN_ROWS ? T - r0 : TD_FFN_ROWS;
+        float *x = f->x + (int64_t)r0 * E;
+        td_rmsnorm(m->isa, n, E, x, E, L->ffn_norm, c->rms_eps, f->h, E, f->act);
+        s->other += lap(&t);
+        if ((st = td_linear_forward(f->gemm, L->wgu, n, f->h, f->gu, false, err)))
+            return st;
+        s->linear += lap(&t);
+        td_swiglu(m->isa, n, c->n_ff, f->gu, f->h, f->act);
+        s->other += lap(&t);
+        if ((st = td_linear_forward(f->gemm, L->wdown, n, f->h, x, true, err)))
+            return st;
+        s->linear += lap(&t);
+    }
     return TANDEM_OK;
 }
 
