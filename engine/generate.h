@@ -45,6 +45,7 @@ typedef enum td_finish {
     TD_FINISH_STOP,     /* EOS or a stop string */
     TD_FINISH_LENGTH,   /* max_tokens reached */
     TD_FINISH_ERROR,    /* see the sequence's error */
+    TD_FINISH_CANCELLED,
 } td_finish;
 
 const char *td_finish_name(td_finish f);
@@ -64,7 +65,7 @@ typedef struct td_gen_seq {
     size_t scratch_cap;
     td_finish finish;
     td_error error; /* when finish == TD_FINISH_ERROR */
-    /* td_generate's bookkeeping */
+    /* the scheduler's bookkeeping (engine/scheduler.h) */
     int32_t kv_seq;   /* -1 when none */
     int32_t n_cached; /* tokens of ids in the KV cache */
 } td_gen_seq;
@@ -79,14 +80,23 @@ void td_gen_seq_free(td_gen_seq *s);
  * the request. Must not be called once finished. */
 tandem_status td_gen_seq_next(td_gen_seq *s, float *logits, int32_t *token, td_error *err);
 
+/* Ends the request now for the reason given (not TD_FINISH_NONE): the text
+ * the detokenizer and the stop matcher still hold back is appended (a stop
+ * string that completes in it makes the reason TD_FINISH_STOP). */
+tandem_status td_gen_seq_finish(td_gen_seq *s, td_finish why, td_error *err);
+
+/* Ends the request with an error (the text so far is kept). */
+void td_gen_seq_fail(td_gen_seq *s, const td_error *e);
+
 /* Generated tokens so far. */
 static inline int32_t td_gen_seq_n_generated(const td_gen_seq *s) { return s->n_ids - s->n_prompt; }
 
 /* Runs every unfinished sequence of seqs[0..n) to completion with fw over
- * kv (each gets a KV sequence, freed when it finishes). A sequence whose
- * prompt does not fit (context, cache) finishes with TD_FINISH_ERROR and the
- * rest go on; the call fails only on errors that stop every sequence. */
-tandem_status td_generate(td_forward *fw, td_kv_cache *kv, int32_t n_ctx, td_gen_seq *seqs, int32_t n,
-                          int32_t step_tokens, td_error *err);
+ * kv: a continuous-batching scheduler (engine/scheduler.h) with max_batch n
+ * and step_tokens tokens per step. A sequence that cannot run (context,
+ * cache) finishes with TD_FINISH_ERROR and the rest go on; the call fails
+ * only on errors that stop every sequence. */
+tandem_status td_generate(td_forward *fw, td_kv_cache *kv, td_gen_seq *seqs, int32_t n, int32_t step_tokens,
+                          td_error *err);
 
 #endif /* TD_ENGINE_GENERATE_H */

@@ -11,6 +11,7 @@
 #include "engine/forward.h"
 #include "engine/generate.h"
 #include "engine/model.h"
+#include "engine/scheduler.h"
 #include "engine/tokenizer.h"
 #include "tests/test_util.h"
 
@@ -162,7 +163,7 @@ static void run(const td_gen_params *p, int32_t step_tokens, size_t kv_budget, i
         q.sampling.seed = p->sampling.seed + (uint64_t)(i % N_PROMPTS);
         TD_ASSERT_OK(td_gen_seq_init(&seqs[i], T, ids, k, &q, &err), &err);
     }
-    TD_ASSERT_OK(td_generate(fw, kv, M->cfg.n_ctx, seqs, n, step_tokens, &err), &err);
+    TD_ASSERT_OK(td_generate(fw, kv, seqs, n, step_tokens, &err), &err);
     CU_ASSERT_EQUAL(td_kv_live_seqs(kv), 0); /* every finished sequence freed its blocks */
     td_forward_destroy(fw);
     td_kv_destroy(kv);
@@ -265,6 +266,219 @@ static void test_kv_full_fails_alone(void) {
     free_all(s, N_PROMPTS);
 }
 
+/* ---- the scheduler ------------------------------------------------------ */
+
+typedef struct counts {
+    int32_t tokens[8], finished[8];
+    td_gen_seq *base;
+} counts;
+
+static void on_token(void *user, td_gen_seq *seq, int32_t token, const char *text, size_t len) {
+    counts *c = user;
+    (void)token, (void)text, (void)len;
+    c->tokens[seq - c->base]++;
+}
+static void on_finish(void *user, td_gen_seq *seq) {
+    counts *c = user;
+    c->finished[seq - c->base]++;
+}
+
+/* Runs the prompts through a scheduler of the given limits; returns its
+ * stats. */
+static td_sched_stats sched_run(const td_gen_params *p, int32_t max_batch, int32_t step_tokens, size_t kv_budget,
+                                int32_t n, td_gen_seq *seqs, counts *cn) {
+    td_error err;
+    td_kv_config kc = {.n_layers = M->cfg.n_layers,
+                       .n_kv_heads = M->cfg.n_kv_heads,
+                       .head_dim = M->cfg.head_dim,
+                       .dtype = TD_DTYPE_BF16,
+                       .budget_bytes = kv_budget,
+                       .max_seqs = n,
+                       .max_seq_tokens = 1024};
+    td_kv_cache *kv = NULL;
+    td_forward *fw = NULL;
+    td_sched *s = NULL;
+    TD_ASSERT_OK(td_kv_create(&kc, &kv, &err), &err);
+    TD_ASSERT_OK(td_forward_create(M, step_tokens, 0, &fw, &err), &err);
+    td_sched_config sc = {.max_batch = max_batch, .step_tokens = step_tokens};
+    TD_ASSERT_OK(td_sched_create(fw, kv, &sc, &s, &err), &err);
+    memset(cn, 0, sizeof *cn);
+    cn->base = seqs;
+    for (int32_t i = 0; i < n; i++) {
+        int32_t ids[256];
+        int32_t k = tokenize(PROMPTS[i % N_PROMPTS], ids, 256);
+        TD_ASSERT_OK(td_gen_seq_init(&seqs[i], T, ids, k, p, &err), &err);
+        TD_ASSERT_OK(td_sched_submit(s, &seqs[i], &err), &err);
+    }
+    td_sched_callbacks cb = {.on_token = on_token, .on_finish = on_finish, .user = cn};
+    TD_ASSERT_OK(td_sched_run(s, &cb, &err), &err);
+    td_sched_stats st = *td_sched_get_stats(s);
+    CU_ASSERT_EQUAL(td_kv_live_seqs(kv), 0);
+    td_sched_destroy(s);
+    td_forward_destroy(fw);
+    td_kv_destroy(kv);
+    return st;
+}
+
+static size_t block_bytes(void) {
+    td_kv_config kc = {.n_layers = M->cfg.n_layers,
+                       .n_kv_heads = M->cfg.n_kv_heads,
+                       .head_dim = M->cfg.head_dim,
+                       .dtype = TD_DTYPE_BF16,
+                       .budget_bytes = 1 << 20,
+                       .max_seqs = 1,
+                       .max_seq_tokens = 64};
+    td_kv_cache *probe = NULL;
+    td_error err;
+    TD_ASSERT_OK(td_kv_create(&kc, &probe, &err), &err);
+    size_t b = td_kv_get_layout(probe)->block_bytes;
+    td_kv_destroy(probe);
+    return b;
+}
+
+/* A pool too small for all the prompts at once: requests wait, and the ones
+ * that grow past it are preempted and recomputed, with the same greedy
+ * tokens as with room to spare; every request is reported once. */
+static void test_preemption_same_tokens(void) {
+    setup();
+    td_gen_params p;
+    params(&p, 40);
+    p.ignore_eos = true; /* every request grows to the end */
+    td_gen_seq big[N_PROMPTS], tight[N_PROMPTS];
+    counts cb, ct;
+    td_sched_stats sb = sched_run(&p, N_PROMPTS, 64, (size_t)64 << 20, N_PROMPTS, big, &cb);
+    /* 6 blocks of 16 tokens: the chat prompt plus 40 tokens needs 5 */
+    td_sched_stats stt = sched_run(&p, N_PROMPTS, 64, 6 * block_bytes(), N_PROMPTS, tight, &ct);
+    printf("\n    ample pool: %lld steps, no preemption; 6 blocks: %lld steps, %lld preemptions, peak %d blocks ",
+           (long long)sb.steps, (long long)stt.steps, (long long)stt.preemptions, stt.peak_kv_blocks);
+    CU_ASSERT_EQUAL(sb.preemptions, 0);
+    CU_ASSERT(stt.preemptions > 0);
+    CU_ASSERT(stt.peak_kv_blocks <= 6);
+    for (int32_t i = 0; i < N_PROMPTS; i++) {
+        CU_ASSERT_EQUAL(tight[i].finish, TD_FINISH_LENGTH);
+        CU_ASSERT(same_tokens(&big[i], &tight[i]));
+        CU_ASSERT_EQUAL(cb.finished[i], 1);
+        CU_ASSERT_EQUAL(ct.finished[i], 1);
+        CU_ASSERT_EQUAL(ct.tokens[i], 40);
+    }
+    CU_ASSERT_EQUAL(stt.generated_tokens, 40 * N_PROMPTS);
+    CU_ASSERT(stt.prompt_tokens > sb.prompt_tokens); /* recomputation */
+    free_all(big, N_PROMPTS);
+    free_all(tight, N_PROMPTS);
+}
+
+static void test_batch_limit(void) {
+    setup();
+    td_gen_params p;
+    params(&p, 8);
+    td_gen_seq s[N_PROMPTS];
+    counts c;
+    td_sched_stats st = sched_run(&p, 2, 512, (size_t)64 << 20, N_PROMPTS, s, &c);
+    CU_ASSERT_EQUAL(st.max_running, 2);
+    CU_ASSERT_EQUAL(st.finished, N_PROMPTS);
+    free_all(s, N_PROMPTS);
+}
+
+/* A prompt at the model's context fails alone, before touching the model. */
+static void test_overlong_prompt(void) {
+    setup();
+    td_error err;
+    td_kv_config kc = {.n_layers = M->cfg.n_layers,
+                       .n_kv_heads = M->cfg.n_kv_heads,
+                       .head_dim = M->cfg.head_dim,
+                       .dtype = TD_DTYPE_BF16,
+                       .budget_bytes = (size_t)64 << 20,
+                       .max_seqs = 2,
+                       .max_seq_tokens = 1024};
+    td_kv_cache *kv = NULL;
+    td_forward *fw = NULL;
+    td_sched *s = NULL;
+    TD_ASSERT_OK(td_kv_create(&kc, &kv, &err), &err);
+    TD_ASSERT_OK(td_forward_create(M, 64, 0, &fw, &err), &err);
+    td_sched_config sc = {.max_batch = 2, .step_tokens = 64};
+    TD_ASSERT_OK(td_sched_create(fw, kv, &sc, &s, &err), &err);
+    int32_t *ids = malloc((size_t)M->cfg.n_ctx * sizeof *ids), n_ok;
+    for (int32_t i = 0; i < M->cfg.n_ctx; i++)
+        ids[i] = 28;
+    int32_t ok_ids[64];
+    n_ok = tokenize(PROMPTS[3], ok_ids, 64);
+    td_gen_params p;
+    params(&p, 4);
+    td_gen_seq q[2];
+    TD_ASSERT_OK(td_gen_seq_init(&q[0], T, ids, M->cfg.n_ctx, &p, &err), &err);
+    TD_ASSERT_OK(td_gen_seq_init(&q[1], T, ok_ids, n_ok, &p, &err), &err);
+    TD_ASSERT_OK(td_sched_submit(s, &q[0], &err), &err);
+    TD_ASSERT_OK(td_sched_submit(s, &q[1], &err), &err);
+    TD_ASSERT_OK(td_sched_run(s, NULL, &err), &err);
+    CU_ASSERT_EQUAL(q[0].finish, TD_FINISH_ERROR);
+    CU_ASSERT_EQUAL(q[0].error.status, TANDEM_ERR_LIMIT);
+    CU_ASSERT(strstr(q[0].error.msg, "context") != NULL);
+    CU_ASSERT_EQUAL(q[1].finish, TD_FINISH_LENGTH);
+    CU_ASSERT_EQUAL(td_sched_get_stats(s)->failed, 1);
+    free(ids);
+    free_all(q, 2);
+    td_sched_destroy(s);
+    td_forward_destroy(fw);
+    td_kv_destroy(kv);
+}
+
+/* Cancelling a running and a queued request: each finishes once, as
+ * cancelled, and frees its blocks; the others run to the end. */
+static void test_cancel(void) {
+    setup();
+    td_error err;
+    td_kv_config kc = {.n_layers = M->cfg.n_layers,
+                       .n_kv_heads = M->cfg.n_kv_heads,
+                       .head_dim = M->cfg.head_dim,
+                       .dtype = TD_DTYPE_BF16,
+                       .budget_bytes = (size_t)64 << 20,
+                       .max_seqs = 4,
+                       .max_seq_tokens = 1024};
+    td_kv_cache *kv = NULL;
+    td_forward *fw = NULL;
+    td_sched *s = NULL;
+    TD_ASSERT_OK(td_kv_create(&kc, &kv, &err), &err);
+    TD_ASSERT_OK(td_forward_create(M, 256, 0, &fw, &err), &err);
+    td_sched_config sc = {.max_batch = 2, .step_tokens = 256};
+    TD_ASSERT_OK(td_sched_create(fw, kv, &sc, &s, &err), &err);
+    td_gen_params p;
+    params(&p, 16);
+    p.ignore_eos = true;
+    td_gen_seq q[4];
+    counts c;
+    memset(&c, 0, sizeof c);
+    c.base = q;
+    for (int i = 0; i < 4; i++) {
+        int32_t ids[256];
+        int32_t k = tokenize(PROMPTS[i], ids, 256);
+        TD_ASSERT_OK(td_gen_seq_init(&q[i], T, ids, k, &p, &err), &err);
+        TD_ASSERT_OK(td_sched_submit(s, &q[i], &err), &err);
+    }
+    td_sched_callbacks cb = {.on_token = on_token, .on_finish = on_finish, .user = &c};
+    bool busy;
+    for (int i = 0; i < 3; i++)
+        TD_ASSERT_OK(td_sched_step(s, &cb, &busy, &err), &err);
+    CU_ASSERT_EQUAL(td_sched_running(s), 2);
+    TD_ASSERT_OK(td_sched_cancel(s, &q[0], &err), &err); /* running */
+    TD_ASSERT_OK(td_sched_cancel(s, &q[3], &err), &err); /* queued */
+    TD_ASSERT_STATUS(TANDEM_ERR_NOT_FOUND, td_sched_cancel(s, &q[3], &err), &err);
+    TD_ASSERT_OK(td_sched_run(s, &cb, &err), &err);
+    CU_ASSERT_EQUAL(q[0].finish, TD_FINISH_CANCELLED);
+    CU_ASSERT_EQUAL(q[3].finish, TD_FINISH_CANCELLED);
+    CU_ASSERT_EQUAL(c.tokens[3], 0);
+    for (int i = 1; i < 3; i++) {
+        CU_ASSERT_EQUAL(q[i].finish, TD_FINISH_LENGTH);
+        CU_ASSERT_EQUAL(c.tokens[i], 16);
+    }
+    for (int i = 0; i < 4; i++)
+        CU_ASSERT_EQUAL(c.finished[i], 1);
+    CU_ASSERT_EQUAL(td_kv_live_seqs(kv), 0);
+    free_all(q, 4);
+    td_sched_destroy(s);
+    td_forward_destroy(fw);
+    td_kv_destroy(kv);
+}
+
 void td_test_register(void) {
     atexit(release);
     static const td_test tests[] = {
@@ -273,6 +487,10 @@ void td_test_register(void) {
         {"chunked prefill and batching change no token", test_chunked_and_batched},
         {"seeded sampling: reproducible, independent of the batch", test_seeded_sampling},
         {"a request the KV cache cannot hold fails alone", test_kv_full_fails_alone},
+        {"scheduler: preemption under a tight pool keeps the greedy tokens", test_preemption_same_tokens},
+        {"scheduler: max_batch is respected", test_batch_limit},
+        {"scheduler: a prompt at the context length fails alone", test_overlong_prompt},
+        {"scheduler: cancel a running and a queued request", test_cancel},
         {NULL, NULL},
     };
     td_add_suite("generate", tests);

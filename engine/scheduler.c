@@ -1,0 +1,419 @@
+/* Continuous batching over the host forward pass (engine/scheduler.h). */
+#include "engine/scheduler.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+#include "base/clock.h"
+
+struct td_sched {
+    td_forward *fw;
+    td_kv_cache *kv;
+    td_sched_config c;
+    int32_t n_ctx, block_tokens;
+    /* waiting requests: a ring, oldest at head; preempted ones go back in
+     * front of it */
+    td_gen_seq **queue;
+    int32_t q_head, q_len, q_cap;
+    /* running requests, in admission order (the newest last: the one to
+     * preempt) */
+    td_gen_seq **run;
+    int32_t n_run;
+    /* finished outside a step (cancelled while queued): reported by the next */
+    td_gen_seq **done;
+    int32_t n_done, done_cap;
+    /* one step's batch */
+    td_fwd_seq *batch;
+    int32_t *chunk; /* tokens of each running sequence in this step (0: none) */
+    td_sched_stats stats;
+};
+
+tandem_status td_sched_create(td_forward *fw, td_kv_cache *kv, const td_sched_config *c, td_sched **out,
+                              td_error *err) {
+    *out = NULL;
+    if (c->max_batch < 1 || c->step_tokens < 1 || c->step_tokens > td_forward_max_tokens(fw))
+        return td_fail(err, TANDEM_ERR_INVALID_ARGUMENT,
+                       "scheduler: max_batch %d must be >= 1 and step_tokens %d within [1, %d] (the forward's "
+                       "max_tokens)",
+                       c->max_batch, c->step_tokens, td_forward_max_tokens(fw));
+    td_sched *s = calloc(1, sizeof *s);
+    if (!s)
+        return td_fail(err, TANDEM_ERR_OUT_OF_MEMORY, "scheduler: out of memory");
+    s->fw = fw;
+    s->kv = kv;
+    s->c = *c;
+    s->n_ctx = td_forward_model(fw)->cfg.n_ctx;
+    s->block_tokens = td_kv_get_layout(kv)->block_tokens;
+    s->run = malloc((size_t)c->max_batch * sizeof *s->run);
+    s->batch = malloc((size_t)c->max_batch * sizeof *s->batch);
+    s->chunk = malloc((size_t)c->max_batch * sizeof *s->chunk);
+    if (!s->run || !s->batch || !s->chunk) {
+        td_sched_destroy(s);
+        return td_fail(err, TANDEM_ERR_OUT_OF_MEMORY, "scheduler: out of memory");
+    }
+    *out = s;
+    return TANDEM_OK;
+}
+
+static void release_kv(td_sched *s, td_gen_seq *q) {
+    if (q->kv_seq >= 0)
+        td_kv_seq_free(s->kv, q->kv_seq, NULL);
+    q->kv_seq = -1;
+    q->n_cached = 0;
+}
+
+void td_sched_destroy(td_sched *s) {
+    if (!s)
+        return;
+    for (int32_t i = 0; i < s->n_run; i++)
+        release_kv(s, s->run[i]);
+    free(s->queue);
+    free(s->run);
+    free(s->done);
+    free(s->batch);
+    free(s->chunk);
+    free(s);
+}
+
+int32_t td_sched_queued(const td_sched *s) { return s->q_len; }
+int32_t td_sched_running(const td_sched *s) { return s->n_run; }
+const td_sched_stats *td_sched_get_stats(const td_sched *s) { return &s->stats; }
+
+/* ---- the queue ---------------------------------------------------------- */
+
+static bool queue_reserve(td_sched *s) {
+    if (s->q_len < s->q_cap)
+        return true;
+    int32_t cap = s->q_cap ? 2 * s->q_cap : 64;
+    td_gen_seq **q = malloc((size_t)cap * sizeof *q);
+    if (!q)
+        return false;
+    for (int32_t i = 0; i < s->q_len; i++)
+        q[i] = s->queue[(s->q_head + i) % s->q_cap];
+    free(s->queue);
+    s->queue = q;
+    s->q_head = 0;
+    s->q_cap = cap;
+    return true;
+}
+
+static td_gen_seq *queue_at(const td_sched *s, int32_t i) { return s->queue[(s->q_head + i) % s->q_cap]; }
+
+static td_gen_seq *queue_pop(td_sched *s) {
+    td_gen_seq *q = s->queue[s->q_head];
+    s->q_head = (s->q_head + 1) % s->q_cap;
+    s->q_len--;
+    return q;
+}
+
+tandem_status td_sched_submit(td_sched *s, td_gen_seq *seq, td_error *err) {
+    if (seq->finish != TD_FINISH_NONE || seq->kv_seq >= 0)
+        return td_fail(err, TANDEM_ERR_INVALID_ARGUMENT, "scheduler: the request is finished or already scheduled");
+    if (!queue_reserve(s))
+        return td_fail(err, TANDEM_ERR_OUT_OF_MEMORY, "scheduler: out of memory for the queue");
+    s->queue[(s->q_head + s->q_len) % s->q_cap] = seq;
+    s->q_len++;
+    return TANDEM_OK;
+}
+
+/* A preempted request waits in front of every other. */
+static bool queue_push_front(td_sched *s, td_gen_seq *seq) {
+    if (!queue_reserve(s))
+        return false;
+    s->q_head = (s->q_head + s->q_cap - 1) % s->q_cap;
+    s->queue[s->q_head] = seq;
+    s->q_len++;
+    return true;
+}
+
+static void run_remove(td_sched *s, int32_t i) {
+    memmove(&s->run[i], &s->run[i + 1], (size_t)(s->n_run - i - 1) * sizeof *s->run);
+    s->n_run--;
+}
+
+static tandem_status done_push(td_sched *s, td_gen_seq *seq, td_error *err) {
+    if (s->n_done == s->done_cap) {
+        int32_t cap = s->done_cap ? 2 * s->done_cap : 16;
+        td_gen_seq **d = realloc(s->done, (size_t)cap * sizeof *d);
+        if (!d)
+            return td_fail(err, TANDEM_ERR_OUT_OF_MEMORY, "scheduler: out of memory");
+        s->done = d;
+        s->done_cap = cap;
+    }
+    s->done[s->n_done++] = seq;
+    return TANDEM_OK;
+}
+
+tandem_status td_sched_cancel(td_sched *s, td_gen_seq *seq, td_error *err) {
+    for (int32_t i = 0; i < s->n_run; i++)
+        if (s->run[i] == seq) {
+            tandem_status st = done_push(s, seq, err);
+            if (st)
+                return st;
+            release_kv(s, seq);
+            run_remove(s, i);
+            return td_gen_seq_finish(seq, TD_FINISH_CANCELLED, err);
+        }
+    for (int32_t i = 0; i < s->q_len; i++)
+        if (queue_at(s, i) == seq) {
+            tandem_status st = done_push(s, seq, err);
+            if (st)
+                return st;
+            for (int32_t j = i; j + 1 < s->q_len; j++)
+                s->queue[(s->q_head + j) % s->q_cap] = s->queue[(s->q_head + j + 1) % s->q_cap];
+            s->q_len--;
+            return td_gen_seq_finish(seq, TD_FINISH_CANCELLED, err);
+        }
+    return td_fail(err, TANDEM_ERR_NOT_FOUND, "scheduler: the request is not queued or running");
+}
+
+/* ---- one step ------------------------------------------------------------ */
+
+static int32_t blocks_for(const td_sched *s, int64_t tokens) {
+    return (int32_t)((tokens + s->block_tokens - 1) / s->block_tokens);
+}
+
+/* Blocks a sequence of `len` cached tokens needs to take `more`. */
+static int32_t extra_blocks(const td_sched *s, int32_t len, int32_t more) {
+    return blocks_for(s, (int64_t)len + more) - blocks_for(s, len);
+}
+
+static void finish_cb(td_sched *s, td_gen_seq *q, const td_sched_callbacks *cb) {
+    if (q->finish == TD_FINISH_ERROR)
+        s->stats.failed++;
+    else
+        s->stats.finished++;
+    if (cb && cb->on_finish)
+        cb->on_finish(cb->user, q);
+}
+
+/* Blocks the running requests will still take to finish their prompts (and
+ * hold their first generated token): promised at admission. */
+static int32_t committed(const td_sched *s) {
+    int32_t c = 0;
+    for (int32_t i = 0; i < s->n_run; i++) {
+        const td_gen_seq *q = s->run[i];
+        int32_t more = blocks_for(s, (int64_t)q->n_ids + 1) - blocks_for(s, q->n_cached);
+        c += more > 0 ? more : 0;
+    }
+    return c;
+}
+
+/* Admits queued requests, oldest first, while the batch has room and the
+ * pool has free blocks, beyond those promised to the running ones, for the
+ * whole of the newcomer's tokens. A request that can never run fails here. */
+static void admit(td_sched *s, const td_sched_callbacks *cb) {
+    const int32_t pool = td_kv_n_blocks(s->kv);
+    while (s->q_len > 0 && s->n_run < s->c.max_batch) {
+        td_gen_seq *q = queue_at(s, 0);
+        td_error e;
+        if (q->n_ids >= s->n_ctx) {
+            queue_pop(s);
+            td_fail(&e, TANDEM_ERR_LIMIT, "the prompt has %d tokens; the model's context is %d", q->n_ids, s->n_ctx);
+            td_gen_seq_fail(q, &e);
+            finish_cb(s, q, cb);
+            continue;
+        }
+        int32_t need = blocks_for(s, (int64_t)q->n_ids + 1);
+        if (need > pool) {
+            queue_pop(s);
+            td_fail(&e, TANDEM_ERR_KV_FULL, "the prompt has %d tokens; the KV cache holds %d", q->n_ids,
+                    pool * s->block_tokens);
+            td_gen_seq_fail(q, &e);
+            finish_cb(s, q, cb);
+            continue;
+        }
+        if (need > td_kv_free_blocks(s->kv) - committed(s) || td_kv_seq_new(s->kv, &q->kv_seq, &e) != TANDEM_OK) {
+            q->kv_seq = -1;
+            if (s->n_run > 0)
+                break; /* wait for room, in order */
+            /* nothing runs and it still does not start: it never will */
+            queue_pop(s);
+            td_fail(&e, TANDEM_ERR_KV_FULL, "the request cannot get KV space (%d tokens, %d of %d blocks free)",
+                    q->n_ids, td_kv_free_blocks(s->kv), pool);
+            td_gen_seq_fail(q, &e);
+            finish_cb(s, q, cb);
+            continue;
+        }
+        queue_pop(s);
+        q->n_cached = 0;
+        s->run[s->n_run++] = q;
+    }
+}
+
+/* Frees the newest running request's blocks and puts it back in front of
+ * the queue, to be recomputed. */
+static bool preempt_newest(td_sched *s) {
+    td_gen_seq *q = s->run[s->n_run - 1];
+    if (!queue_push_front(s, q))
+        return false;
+    release_kv(s, q);
+    s->n_run--;
+    s->stats.preemptions++;
+    return true;
+}
+
+/* Decides each running sequence's tokens this step (s->chunk): decodes
+ * first, then prompt chunks in admission order, within step_tokens and the
+ * free blocks. Decodes that do not fit preempt the newest sequences; prompt
+ * chunks shrink or wait instead. */
+static tandem_status plan(td_sched *s, const td_sched_callbacks *cb, td_error *err) {
+    for (;;) {
+        int32_t budget = s->c.step_tokens, need = 0;
+        for (int32_t i = 0; i < s->n_run; i++) {
+            td_gen_seq *q = s->run[i];
+            s->chunk[i] = 0;
+            if (q->n_ids - q->n_cached == 1 && budget > 0) {
+                s->chunk[i] = 1;
+                budget--;
+                need += extra_blocks(s, q->n_cached, 1);
+            }
+        }
+        int32_t free_blocks = td_kv_free_blocks(s->kv);
+        if (need > free_blocks) {
+            if (s->n_run == 1) {
+                /* alone and still too long for the whole pool */
+                td_gen_seq *q = s->run[0];
+                td_error e;
+                td_fail(&e, TANDEM_ERR_KV_FULL, "the sequence reached %d tokens; the KV cache holds no more",
+                        q->n_cached);
+                release_kv(s, q);
+                s->n_run = 0;
+                td_gen_seq_fail(q, &e);
+                finish_cb(s, q, cb);
+                return TANDEM_OK;
+            }
+            if (!preempt_newest(s))
+                return td_fail(err, TANDEM_ERR_OUT_OF_MEMORY, "scheduler: out of memory for the queue");
+            continue;
+        }
+        int32_t avail = free_blocks - need;
+        for (int32_t i = 0; i < s->n_run && budget > 0; i++) {
+            td_gen_seq *q = s->run[i];
+            int32_t feed = q->n_ids - q->n_cached;
+            if (feed <= 1)
+                continue;
+            int32_t c = feed < budget ? feed : budget;
+            /* as many tokens as the blocks it holds plus those still free take */
+            int32_t room = (blocks_for(s, q->n_cached) + avail) * s->block_tokens - q->n_cached;
+            if (c > room)
+                c = room;
+            if (c < 1)
+                continue;
+            s->chunk[i] = c;
+            budget -= c;
+            avail -= extra_blocks(s, q->n_cached, c);
+        }
+        return TANDEM_OK;
+    }
+}
+
+static void retire(td_sched *s, int32_t i, const td_sched_callbacks *cb) {
+    td_gen_seq *q = s->run[i];
+    release_kv(s, q);
+    run_remove(s, i);
+    finish_cb(s, q, cb);
+}
+
+tandem_status td_sched_step(td_sched *s, const td_sched_callbacks *cb, bool *busy, td_error *err) {
+    double t0 = td_seconds();
+    for (int32_t i = 0; i < s->n_done; i++)
+        finish_cb(s, s->done[i], cb);
+    s->n_done = 0;
+
+    admit(s, cb);
+    tandem_status st = plan(s, cb, err);
+    if (st)
+        return st;
+    int32_t nb = 0;
+    for (int32_t i = 0; i < s->n_run; i++) {
+        td_gen_seq *q = s->run[i];
+        if (!s->chunk[i])
+            continue;
+        /* plan counted the blocks: this growth cannot fail */
+        if ((st = td_kv_seq_grow(s->kv, q->kv_seq, s->chunk[i], err)))
+            return st;
+        s->batch[nb++] =
+            (td_fwd_seq){.kv_seq = q->kv_seq,
+                         .pos = q->n_cached,
+                         .n_tokens = s->chunk[i],
+                         .tokens = q->ids + q->n_cached,
+                         .logits = q->n_cached + s->chunk[i] == q->n_ids ? TD_LOGITS_LAST : TD_LOGITS_NONE};
+    }
+    if (nb == 0 && s->n_run > 0) {
+        /* Every running request is mid-prompt with no block left to grow
+         * into: the newest gives its blocks back so the others can move. */
+        if (!preempt_newest(s))
+            return td_fail(err, TANDEM_ERR_OUT_OF_MEMORY, "scheduler: out of memory for the queue");
+    }
+    if (nb == 0) {
+        *busy = s->n_run > 0 || s->q_len > 0 || s->n_done > 0;
+        s->stats.seconds += td_seconds() - t0;
+        return TANDEM_OK;
+    }
+    int32_t used = td_kv_n_blocks(s->kv) - td_kv_free_blocks(s->kv);
+    if (used > s->stats.peak_kv_blocks)
+        s->stats.peak_kv_blocks = used;
+    if (nb > s->stats.max_running)
+        s->stats.max_running = nb;
+
+    float *logits;
+    int32_t rows;
+    double tf = td_seconds();
+    st = td_forward_step(s->fw, s->kv, s->batch, nb, &logits, &rows, err);
+    s->stats.forward_seconds += td_seconds() - tf;
+    if (st)
+        return st;
+    s->stats.steps++;
+
+    const int32_t n_vocab = td_forward_model(s->fw)->cfg.n_vocab;
+    int32_t r = 0;
+    for (int32_t i = 0; i < s->n_run;) {
+        td_gen_seq *q = s->run[i];
+        int32_t c = s->chunk[i];
+        if (!c) {
+            i++;
+            continue;
+        }
+        /* a decode feeds the one token sampled last; everything else is
+         * prompt (or the recomputation of a preempted request) */
+        bool decode = c == 1 && q->n_cached == q->n_ids - 1 && q->n_cached >= q->n_prompt;
+        s->stats.prompt_tokens += decode ? 0 : c;
+        q->n_cached += c;
+        if (q->n_cached < q->n_ids) { /* a prompt chunk that is not the last */
+            i++;
+            continue;
+        }
+        size_t before = q->n_text;
+        int32_t t;
+        td_error e;
+        if (td_gen_seq_next(q, logits + (int64_t)r++ * n_vocab, &t, &e) != TANDEM_OK)
+            td_gen_seq_fail(q, &e);
+        else {
+            s->stats.generated_tokens++;
+            if (q->finish == TD_FINISH_NONE && q->n_ids >= s->n_ctx &&
+                td_gen_seq_finish(q, TD_FINISH_LENGTH, &e) != TANDEM_OK)
+                td_gen_seq_fail(q, &e);
+            if (cb && cb->on_token)
+                cb->on_token(cb->user, q, t, q->text + before, q->n_text - before);
+        }
+        if (q->finish != TD_FINISH_NONE) {
+            memmove(&s->chunk[i], &s->chunk[i + 1], (size_t)(s->n_run - i - 1) * sizeof *s->chunk);
+            retire(s, i, cb);
+        } else
+            i++;
+    }
+    *busy = s->n_run > 0 || s->q_len > 0 || s->n_done > 0;
+    s->stats.seconds += td_seconds() - t0;
+    return TANDEM_OK;
+}
+
+tandem_status td_sched_run(td_sched *s, const td_sched_callbacks *cb, td_error *err) {
+    bool busy = true;
+    while (busy) {
+        tandem_status st = td_sched_step(s, cb, &busy, err);
+        if (st)
+            return st;
+    }
+    return TANDEM_OK;
+}
