@@ -167,6 +167,28 @@ tandem_status td_sched_cancel(td_sched *s, td_gen_seq *seq, td_error *err) {
     return td_fail(err, TANDEM_ERR_NOT_FOUND, "scheduler: the request is not queued or running");
 }
 
+void td_sched_forget(td_sched *s, td_gen_seq *seq) {
+    for (int32_t i = 0; i < s->n_run; i++)
+        if (s->run[i] == seq) {
+            release_kv(s, seq);
+            run_remove(s, i);
+            return;
+        }
+    for (int32_t i = 0; i < s->q_len; i++)
+        if (queue_at(s, i) == seq) {
+            for (int32_t j = i; j + 1 < s->q_len; j++)
+                s->queue[(s->q_head + j) % s->q_cap] = s->queue[(s->q_head + j + 1) % s->q_cap];
+            s->q_len--;
+            return;
+        }
+    for (int32_t i = 0; i < s->n_done; i++)
+        if (s->done[i] == seq) {
+            memmove(&s->done[i], &s->done[i + 1], (size_t)(s->n_done - i - 1) * sizeof *s->done);
+            s->n_done--;
+            return;
+        }
+}
+
 /* ---- one step ------------------------------------------------------------ */
 
 static int32_t blocks_for(const td_sched *s, int64_t tokens) {

@@ -74,6 +74,11 @@ tandem_status td_sched_submit(td_sched *s, td_gen_seq *seq, td_error *err);
  * TD_FINISH_CANCELLED (on_finish is called by the next step). */
 tandem_status td_sched_cancel(td_sched *s, td_gen_seq *seq, td_error *err);
 
+/* Drops a request from the scheduler wherever it is (queued, running, or
+ * cancelled and not yet reported), with no callback: before its owner
+ * frees it. */
+void td_sched_forget(td_sched *s, td_gen_seq *seq);
+
 /* One step. *busy is false when nothing is queued or running. An error of
  * the step itself (the forward failing) is returned; per-request errors
  * finish those requests. */

@@ -1,14 +1,42 @@
 /* Tandem: heterogeneous CPU-GPU LLM inference engine. Public C API.
  *
- * This header grows with the engine (see docs/ and the issues). What is here
- * now is the part every layer shares: the version and the status codes that
- * every fallible function returns.
+ * An engine holds a model, its tokenizer, a host KV cache and a
+ * continuous-batching scheduler. Requests are submitted with their sampling
+ * parameters and run by tandem_run (or tandem_step), which calls back per
+ * generated token and per finished request:
  *
- * Thread-safety: the functions declared here are pure and may be called from
- * any thread.
+ *   tandem_config c;  tandem_config_init(&c);  c.model_path = "model.gguf";
+ *   tandem_engine *e;
+ *   if (tandem_engine_open(&c, &e) != TANDEM_OK) { puts(tandem_engine_errmsg(e)); ... }
+ *   tandem_sampling s;  tandem_sampling_init(&s);  s.max_tokens = 64;
+ *   tandem_request *r;
+ *   tandem_submit_text(e, "Once upon", 9, &s, NULL, &r);
+ *   tandem_run(e, NULL);
+ *   size_t n;  const char *text = tandem_request_text(r, &n);
+ *   tandem_request_free(e, r);
+ *   tandem_engine_close(e);
+ *
+ * Ownership: the engine owns everything it returns. A request belongs to
+ * its engine until the caller releases it with tandem_request_free (after it
+ * finished, or to drop it unfinished); tandem_engine_close frees those left.
+ * Strings passed in are copied.
+ *
+ * Thread-safety: no global mutable state; engines are independent. Calls on
+ * one engine (and its requests) must not overlap: one thread at a time, and
+ * callbacks run on the thread inside tandem_run/tandem_step (they may call
+ * tandem_cancel, nothing else on the engine). tandem_status_name,
+ * tandem_version and the *_init functions may be called from any thread.
+ *
+ * Errors: every fallible call returns a status; the engine keeps the message
+ * of its latest failure (tandem_engine_errmsg). Nothing prints, exits or
+ * aborts. Structs passed in carry their size (set by the *_init functions)
+ * so that fields can be added without breaking callers.
  */
 #ifndef TANDEM_H
 #define TANDEM_H
+
+#include <stddef.h>
+#include <stdint.h>
 
 #ifdef __cplusplus
 extern "C" {
@@ -46,6 +74,145 @@ TANDEM_API const char *tandem_status_name(tandem_status status);
 
 /* The version of the library actually loaded, e.g. "0.1.0". */
 TANDEM_API const char *tandem_version(void);
+
+/* ---- engine ---------------------------------------------------------------- */
+
+typedef struct tandem_engine tandem_engine;
+typedef struct tandem_request tandem_request;
+
+typedef enum tandem_weights {
+    TANDEM_WEIGHTS_BF16 = 0, /* linear layers in bf16 (oneDNN), fp32 accumulation */
+    TANDEM_WEIGHTS_F32 = 1,  /* linear layers in fp32 (OpenBLAS): exact dequantized values */
+} tandem_weights;
+
+typedef enum tandem_device {
+    TANDEM_DEVICE_AUTO = 0, /* a GPU when one answers, else the CPU (today: the CPU) */
+    TANDEM_DEVICE_CPU = 1,
+    TANDEM_DEVICE_CUDA = 2, /* not available yet: TANDEM_ERR_UNSUPPORTED */
+    TANDEM_DEVICE_EMU = 3,  /* the emulated device: not available yet */
+} tandem_device;
+
+typedef struct tandem_config {
+    size_t struct_size;     /* sizeof(tandem_config), set by tandem_config_init */
+    const char *model_path; /* GGUF file; NULL: $TANDEM_MODEL, else the default model (scripts/fetch-model) */
+    int threads;            /* 0: all the cores OpenMP sees */
+    size_t kv_budget_bytes; /* host KV pool; 0: a quarter of physical memory, at most 16 GiB */
+    int max_batch;          /* requests running at once; 0: 256 */
+    int step_tokens;        /* tokens per step (decodes + prompt chunks); 0: 2048 */
+    tandem_weights weights;
+    tandem_device device;
+} tandem_config;
+
+TANDEM_API void tandem_config_init(tandem_config *c);
+
+/* Opens an engine. On success *out is ready. On failure *out is still a
+ * handle (unless memory ran out: NULL) that only says why, through
+ * tandem_engine_errmsg, and must be closed. */
+TANDEM_API tandem_status tandem_engine_open(const tandem_config *c, tandem_engine **out);
+TANDEM_API void tandem_engine_close(tandem_engine *e);
+
+/* The message of the engine's latest failure ("" when none). Valid until the
+ * next call on the engine. */
+TANDEM_API const char *tandem_engine_errmsg(const tandem_engine *e);
+
+/* Vocabulary size, BOS and EOS ids (-1 when the vocabulary has none). */
+TANDEM_API int32_t tandem_n_vocab(const tandem_engine *e);
+TANDEM_API int32_t tandem_token_bos(const tandem_engine *e);
+TANDEM_API int32_t tandem_token_eos(const tandem_engine *e);
+
+/* Text to token ids. add_bos: -1 for the model's own rule, 0 or 1 to force.
+ * parse_special: recognise control tokens (e.g. "<|im_start|>") in the text.
+ * Writes up to cap ids and sets *n_out to the count the whole text needs:
+ * TANDEM_ERR_LIMIT when that exceeds cap (call again with a bigger buffer). */
+TANDEM_API tandem_status tandem_tokenize(tandem_engine *e, const char *text, size_t len, int add_bos, int parse_special,
+                                         int32_t *ids, size_t cap, size_t *n_out);
+/* Token ids to UTF-8 text (invalid sequences become U+FFFD; control tokens
+ * are not rendered). Same cap / *n_out / TANDEM_ERR_LIMIT contract. */
+TANDEM_API tandem_status tandem_detokenize(tandem_engine *e, const int32_t *ids, size_t n, char *out, size_t cap,
+                                           size_t *n_out);
+
+/* ---- requests ---------------------------------------------------------------- */
+
+typedef struct tandem_sampling {
+    size_t struct_size;       /* sizeof(tandem_sampling), set by tandem_sampling_init */
+    int32_t max_tokens;       /* tokens to generate at most; default 256 */
+    float temperature;        /* 0: greedy; default 1 */
+    int32_t top_k;            /* 0: off */
+    float top_p;              /* 1: off */
+    float min_p;              /* 0: off */
+    float repetition_penalty; /* 1: off */
+    int32_t penalty_last_n;   /* ids the penalty looks back over; default 64, -1: all */
+    uint64_t seed;            /* the request's own random stream */
+    const char *const *stop;  /* n_stop strings that end the output (not included in it) */
+    int32_t n_stop;
+    int ignore_eos; /* 1: do not stop at end-of-generation tokens */
+} tandem_sampling;
+
+TANDEM_API void tandem_sampling_init(tandem_sampling *s);
+
+typedef enum tandem_finish {
+    TANDEM_FINISH_NONE = 0,   /* still queued or running */
+    TANDEM_FINISH_STOP = 1,   /* an end-of-generation token or a stop string */
+    TANDEM_FINISH_LENGTH = 2, /* max_tokens, or the model's context */
+    TANDEM_FINISH_ERROR = 3,  /* see tandem_request_error */
+    TANDEM_FINISH_CANCELLED = 4,
+} tandem_finish;
+
+/* "none", "stop", "length", "error", "cancelled". */
+TANDEM_API const char *tandem_finish_name(tandem_finish f);
+
+/* Queues a request: the text is tokenized with the model's BOS rule and
+ * control tokens recognised (chat-formatted text works as is). user is
+ * returned by tandem_request_user. Bad parameters fail here, naming the
+ * field; a prompt that cannot run (longer than the context or the KV cache)
+ * is accepted and finishes with TANDEM_FINISH_ERROR. */
+TANDEM_API tandem_status tandem_submit_text(tandem_engine *e, const char *prompt, size_t len, const tandem_sampling *s,
+                                            void *user, tandem_request **out);
+TANDEM_API tandem_status tandem_submit_tokens(tandem_engine *e, const int32_t *ids, size_t n, const tandem_sampling *s,
+                                              void *user, tandem_request **out);
+
+/* Ends a queued or running request with TANDEM_FINISH_CANCELLED (its
+ * on_finish comes with the next step). */
+TANDEM_API tandem_status tandem_cancel(tandem_engine *e, tandem_request *r);
+
+typedef struct tandem_callbacks {
+    /* each generated token and the text it completed (may be empty: a
+     * character split across tokens, or text held back by a stop string) */
+    void (*on_token)(void *user_data, tandem_request *r, int32_t token, const char *text, size_t len);
+    /* each request, once, when it finishes for any reason */
+    void (*on_finish)(void *user_data, tandem_request *r);
+    void *user_data;
+} tandem_callbacks;
+
+/* Runs until no request is queued or running. cb may be NULL. */
+TANDEM_API tandem_status tandem_run(tandem_engine *e, const tandem_callbacks *cb);
+/* One scheduler step; *busy: whether requests remain. */
+TANDEM_API tandem_status tandem_step(tandem_engine *e, const tandem_callbacks *cb, int *busy);
+
+TANDEM_API void *tandem_request_user(const tandem_request *r);
+TANDEM_API tandem_finish tandem_request_finish(const tandem_request *r);
+/* The completion so far (UTF-8, not NUL-terminated: *len bytes). */
+TANDEM_API const char *tandem_request_text(const tandem_request *r, size_t *len);
+/* Prompt then generated ids; counts in *n_prompt and *n_generated. */
+TANDEM_API const int32_t *tandem_request_tokens(const tandem_request *r, size_t *n_prompt, size_t *n_generated);
+/* When finished with TANDEM_FINISH_ERROR: its status and message. */
+TANDEM_API tandem_status tandem_request_status(const tandem_request *r);
+TANDEM_API const char *tandem_request_error(const tandem_request *r);
+/* Releases a request; an unfinished one is cancelled first (no callback). */
+TANDEM_API void tandem_request_free(tandem_engine *e, tandem_request *r);
+
+typedef struct tandem_stats {
+    size_t struct_size;
+    uint64_t requests_finished, requests_failed;
+    uint64_t prompt_tokens; /* prefilled, recomputation after preemption included */
+    uint64_t generated_tokens;
+    uint64_t preemptions, steps;
+    double run_seconds, forward_seconds; /* in tandem_run/step; of that, in the model */
+    size_t kv_bytes_total, kv_bytes_used, kv_bytes_peak;
+    uint32_t running, queued;
+} tandem_stats;
+
+TANDEM_API tandem_status tandem_engine_stats(tandem_engine *e, tandem_stats *out);
 
 #ifdef __cplusplus
 }

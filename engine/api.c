@@ -1,0 +1,421 @@
+/* The public API (include/tandem.h) over the engine's parts: model,
+ * tokenizer, host KV cache, forward pass and scheduler. */
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "cpu/kv_cache.h"
+#include "engine/forward.h"
+#include "engine/generate.h"
+#include "engine/model.h"
+#include "engine/scheduler.h"
+#include "engine/tokenizer.h"
+#include "tandem.h"
+
+#ifndef TANDEM_DEFAULT_MODEL
+#define TANDEM_DEFAULT_MODEL "models/SmolLM2-135M-Instruct.Q4_1.gguf"
+#endif
+
+#define DEFAULT_MAX_BATCH 256
+#define DEFAULT_STEP_TOKENS 2048
+#define DEFAULT_KV_CAP ((size_t)16 << 30)
+
+struct tandem_engine {
+    tandem_config cfg;
+    td_model *model;
+    td_tokenizer *tok;
+    td_kv_cache *kv;
+    td_forward *fw;
+    td_sched *sched;
+    tandem_request *requests; /* every request not yet freed: tandem_engine_close frees them */
+    td_error err;
+};
+
+/* A request: its decoding state first, so that the scheduler's td_gen_seq
+ * pointer is the request's. */
+struct tandem_request {
+    td_gen_seq seq;
+    void *user;
+    char **stop; /* the copied stop strings */
+    int32_t n_stop;
+    tandem_request *prev, *next; /* the engine's list */
+};
+
+static tandem_request *request_of(td_gen_seq *s) { return (tandem_request *)s; }
+
+/* Records a failure on the engine and returns its status. */
+static tandem_status fail(tandem_engine *e, tandem_status st, const char *fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(e->err.msg, sizeof e->err.msg, fmt, ap);
+    va_end(ap);
+    e->err.status = st;
+    return st;
+}
+
+/* Keeps err's message as the engine's (for internal calls that filled it). */
+static tandem_status keep(tandem_engine *e, tandem_status st) {
+    if (st != TANDEM_OK)
+        e->err.status = st;
+    return st;
+}
+
+void tandem_config_init(tandem_config *c) {
+    memset(c, 0, sizeof *c);
+    c->struct_size = sizeof *c;
+}
+
+void tandem_sampling_init(tandem_sampling *s) {
+    td_sampling d;
+    td_sampling_default(&d);
+    memset(s, 0, sizeof *s);
+    s->struct_size = sizeof *s;
+    s->max_tokens = 256;
+    s->temperature = d.temperature;
+    s->top_k = d.top_k;
+    s->top_p = d.top_p;
+    s->min_p = d.min_p;
+    s->repetition_penalty = d.repetition_penalty;
+    s->penalty_last_n = d.penalty_last_n;
+    s->seed = d.seed;
+}
+
+const char *tandem_finish_name(tandem_finish f) { return td_finish_name((td_finish)f); }
+
+static size_t default_kv_budget(void) {
+    long pages = sysconf(_SC_PHYS_PAGES), page = sysconf(_SC_PAGE_SIZE);
+    size_t quarter = pages > 0 && page > 0 ? (size_t)pages * (size_t)page / 4 : (size_t)1 << 30;
+    return quarter < DEFAULT_KV_CAP ? quarter : DEFAULT_KV_CAP;
+}
+
+static tandem_status open_parts(tandem_engine *e) {
+    tandem_config *c = &e->cfg;
+    td_error *err = &e->err;
+    if (c->struct_size < sizeof(tandem_config))
+        return fail(e, TANDEM_ERR_INVALID_ARGUMENT, "config: struct_size %zu (call tandem_config_init first)",
+                    c->struct_size);
+    if (c->device == TANDEM_DEVICE_CUDA || c->device == TANDEM_DEVICE_EMU)
+        return fail(e, TANDEM_ERR_UNSUPPORTED, "config: device %s is not available yet (use auto or cpu)",
+                    c->device == TANDEM_DEVICE_CUDA ? "cuda" : "emu");
+    if (c->device != TANDEM_DEVICE_AUTO && c->device != TANDEM_DEVICE_CPU)
+        return fail(e, TANDEM_ERR_INVALID_ARGUMENT, "config: unknown device %d", (int)c->device);
+    if (c->threads < 0 || c->max_batch < 0 || c->step_tokens < 0)
+        return fail(e, TANDEM_ERR_INVALID_ARGUMENT, "config: threads %d, max_batch %d, step_tokens %d must be >= 0",
+                    c->threads, c->max_batch, c->step_tokens);
+    if (!c->max_batch)
+        c->max_batch = DEFAULT_MAX_BATCH;
+    if (!c->step_tokens)
+        c->step_tokens = DEFAULT_STEP_TOKENS;
+    if (!c->kv_budget_bytes)
+        c->kv_budget_bytes = default_kv_budget();
+
+    td_model_options mo;
+    td_model_options_default(&mo);
+    mo.weights = c->weights == TANDEM_WEIGHTS_F32 ? TD_WEIGHTS_F32 : TD_WEIGHTS_BF16;
+    mo.n_threads = c->threads;
+    tandem_status st;
+    if ((st = td_model_load(c->model_path, &mo, &e->model, err)) ||
+        (st = td_tokenizer_load(e->model->gguf, &e->tok, err)))
+        return keep(e, st);
+    const td_llama_config *mc = &e->model->cfg;
+    td_kv_config kc = {.n_layers = mc->n_layers,
+                       .n_kv_heads = mc->n_kv_heads,
+                       .head_dim = mc->head_dim,
+                       .dtype = TD_DTYPE_BF16,
+                       .budget_bytes = c->kv_budget_bytes,
+                       /* a preempted request keeps no KV sequence: running ones suffice */
+                       .max_seqs = c->max_batch,
+                       .max_seq_tokens = mc->n_ctx,
+                       .n_threads = c->threads};
+    td_sched_config sc = {.max_batch = c->max_batch, .step_tokens = c->step_tokens};
+    if ((st = td_kv_create(&kc, &e->kv, err)) ||
+        (st = td_forward_create(e->model, c->step_tokens > c->max_batch ? c->step_tokens : c->max_batch, c->threads,
+                                &e->fw, err)) ||
+        (st = td_sched_create(e->fw, e->kv, &sc, &e->sched, err)))
+        return keep(e, st);
+    return TANDEM_OK;
+}
+
+tandem_status tandem_engine_open(const tandem_config *c, tandem_engine **out) {
+    *out = NULL;
+    tandem_engine *e = calloc(1, sizeof *e);
+    if (!e)
+        return TANDEM_ERR_OUT_OF_MEMORY;
+    *out = e;
+    if (!c) {
+        tandem_config_init(&e->cfg);
+    } else {
+        size_t n = c->struct_size < sizeof e->cfg ? c->struct_size : sizeof e->cfg;
+        memcpy(&e->cfg, c, n);
+    }
+    /* the path as given, or the environment's, or the default model */
+    const char *path = e->cfg.model_path;
+    if (!path)
+        path = getenv("TANDEM_MODEL");
+    if (!path || !*path)
+        path = TANDEM_DEFAULT_MODEL;
+    e->cfg.model_path = strdup(path);
+    if (!e->cfg.model_path)
+        return fail(e, TANDEM_ERR_OUT_OF_MEMORY, "out of memory");
+    return open_parts(e);
+}
+
+static void request_release(tandem_request *r);
+
+void tandem_engine_close(tandem_engine *e) {
+    if (!e)
+        return;
+    /* the scheduler first: it gives back the KV of the requests it runs */
+    td_sched_destroy(e->sched);
+    while (e->requests) {
+        tandem_request *r = e->requests;
+        e->requests = r->next;
+        request_release(r);
+    }
+    td_forward_destroy(e->fw);
+    td_kv_destroy(e->kv);
+    td_tokenizer_free(e->tok);
+    td_model_free(e->model);
+    free((char *)e->cfg.model_path);
+    free(e);
+}
+
+const char *tandem_engine_errmsg(const tandem_engine *e) { return e ? e->err.msg : "out of memory"; }
+
+/* Fails calls on an engine that did not open. */
+#define READY(e)                                                                                                       \
+    do {                                                                                                               \
+        if (!(e) || !(e)->sched)                                                                                       \
+            return (e) ? fail((e), TANDEM_ERR_INVALID_ARGUMENT, "the engine did not open: %s", (e)->err.msg)           \
+                       : TANDEM_ERR_INVALID_ARGUMENT;                                                                  \
+    } while (0)
+
+int32_t tandem_n_vocab(const tandem_engine *e) { return e && e->tok ? td_tokenizer_n_vocab(e->tok) : 0; }
+int32_t tandem_token_bos(const tandem_engine *e) { return e && e->tok ? td_tokenizer_bos(e->tok) : -1; }
+int32_t tandem_token_eos(const tandem_engine *e) { return e && e->tok ? td_tokenizer_eos(e->tok) : -1; }
+
+tandem_status tandem_tokenize(tandem_engine *e, const char *text, size_t len, int add_bos, int parse_special,
+                              int32_t *ids, size_t cap, size_t *n_out) {
+    READY(e);
+    bool bos = add_bos < 0 ? td_tokenizer_add_bos(e->tok) : add_bos != 0;
+    return keep(e, td_tokenize(e->tok, text, len, bos, parse_special != 0, ids, cap, n_out, &e->err));
+}
+
+tandem_status tandem_detokenize(tandem_engine *e, const int32_t *ids, size_t n, char *out, size_t cap, size_t *n_out) {
+    READY(e);
+    return keep(e, td_detokenize(e->tok, ids, n, 0, out, cap, n_out, &e->err));
+}
+
+/* ---- requests -------------------------------------------------------------- */
+
+static void request_release(tandem_request *r) {
+    td_gen_seq_free(&r->seq);
+    for (int32_t i = 0; i < r->n_stop; i++)
+        free(r->stop[i]);
+    free(r->stop);
+    free(r);
+}
+
+static tandem_status submit(tandem_engine *e, const int32_t *ids, size_t n, const tandem_sampling *s, void *user,
+                            tandem_request **out) {
+    *out = NULL;
+    tandem_sampling d;
+    if (!s) {
+        tandem_sampling_init(&d);
+        s = &d;
+    } else if (s->struct_size < sizeof *s) {
+        return fail(e, TANDEM_ERR_INVALID_ARGUMENT, "sampling: struct_size %zu (call tandem_sampling_init first)",
+                    s->struct_size);
+    }
+    if (n == 0)
+        return fail(e, TANDEM_ERR_INVALID_ARGUMENT, "the prompt is empty");
+    if (n > INT32_MAX)
+        return fail(e, TANDEM_ERR_LIMIT, "the prompt has %zu tokens", n);
+    if (s->n_stop < 0 || s->n_stop > TD_STOP_MAX_STRINGS || (s->n_stop && !s->stop))
+        return fail(e, TANDEM_ERR_INVALID_ARGUMENT, "sampling: n_stop %d (0..%d, with a stop array)", s->n_stop,
+                    TD_STOP_MAX_STRINGS);
+    tandem_request *r = calloc(1, sizeof *r);
+    if (!r)
+        return fail(e, TANDEM_ERR_OUT_OF_MEMORY, "out of memory");
+    r->user = user;
+    if (s->n_stop) {
+        r->stop = calloc((size_t)s->n_stop, sizeof *r->stop);
+        for (int32_t i = 0; r->stop && i < s->n_stop; i++, r->n_stop++)
+            if (!s->stop[i] || !(r->stop[i] = strdup(s->stop[i])))
+                break;
+        if (!r->stop || r->n_stop < s->n_stop) {
+            int32_t at = r->n_stop;
+            bool null = r->stop && !s->stop[at];
+            request_release(r);
+            return null ? fail(e, TANDEM_ERR_INVALID_ARGUMENT, "sampling: stop[%d] is NULL", at)
+                        : fail(e, TANDEM_ERR_OUT_OF_MEMORY, "out of memory");
+        }
+    }
+    td_gen_params p = {.sampling = {.temperature = s->temperature,
+                                    .top_k = s->top_k,
+                                    .top_p = s->top_p,
+                                    .min_p = s->min_p,
+                                    .repetition_penalty = s->repetition_penalty,
+                                    .penalty_last_n = s->penalty_last_n,
+                                    .seed = s->seed},
+                       .max_tokens = s->max_tokens,
+                       .stop = (const char *const *)r->stop,
+                       .n_stop = r->n_stop,
+                       .ignore_eos = s->ignore_eos != 0};
+    tandem_status st = td_gen_seq_init(&r->seq, e->tok, ids, (int32_t)n, &p, &e->err);
+    if (st == TANDEM_OK)
+        st = td_sched_submit(e->sched, &r->seq, &e->err);
+    if (st != TANDEM_OK) {
+        request_release(r);
+        return keep(e, st);
+    }
+    r->next = e->requests;
+    if (e->requests)
+        e->requests->prev = r;
+    e->requests = r;
+    *out = r;
+    return TANDEM_OK;
+}
+
+tandem_status tandem_submit_tokens(tandem_engine *e, const int32_t *ids, size_t n, const tandem_sampling *s, void *user,
+                                   tandem_request **out) {
+    READY(e);
+    return submit(e, ids, n, s, user, out);
+}
+
+tandem_status tandem_submit_text(tandem_engine *e, const char *prompt, size_t len, const tandem_sampling *s, void *user,
+                                 tandem_request **out) {
+    *out = NULL;
+    READY(e);
+    bool bos = td_tokenizer_add_bos(e->tok);
+    size_t n = 0, cap = len + 2; /* a byte-level vocabulary never needs more than a token per byte (+ BOS) */
+    int32_t *ids = malloc(cap * sizeof *ids);
+    if (!ids)
+        return fail(e, TANDEM_ERR_OUT_OF_MEMORY, "out of memory for a %zu-byte prompt", len);
+    tandem_status st = td_tokenize(e->tok, prompt, len, bos, true, ids, cap, &n, &e->err);
+    if (st == TANDEM_ERR_LIMIT) { /* not byte-level after all: the size it asked for */
+        int32_t *more = realloc(ids, n * sizeof *ids);
+        st = more ? td_tokenize(e->tok, prompt, len, bos, true, (ids = more), n, &n, &e->err)
+                  : fail(e, TANDEM_ERR_OUT_OF_MEMORY, "out of memory");
+    }
+    if (st == TANDEM_OK)
+        st = submit(e, ids, n, s, NULL, out);
+    if (st == TANDEM_OK)
+        (*out)->user = user;
+    free(ids);
+    return keep(e, st);
+}
+
+tandem_status tandem_cancel(tandem_engine *e, tandem_request *r) {
+    READY(e);
+    if (!r)
+        return fail(e, TANDEM_ERR_INVALID_ARGUMENT, "no request given");
+    return keep(e, td_sched_cancel(e->sched, &r->seq, &e->err));
+}
+
+/* The scheduler's callbacks, turned into the API's. */
+typedef struct bridge {
+    const tandem_callbacks *cb;
+} bridge;
+
+static void on_token(void *user, td_gen_seq *seq, int32_t token, const char *text, size_t len) {
+    const bridge *b = user;
+    if (b->cb && b->cb->on_token)
+        b->cb->on_token(b->cb->user_data, request_of(seq), token, text, len);
+}
+
+static void on_finish(void *user, td_gen_seq *seq) {
+    const bridge *b = user;
+    if (b->cb && b->cb->on_finish)
+        b->cb->on_finish(b->cb->user_data, request_of(seq));
+}
+
+tandem_status tandem_step(tandem_engine *e, const tandem_callbacks *cb, int *busy) {
+    READY(e);
+    bridge b = {cb};
+    td_sched_callbacks tc = {.on_token = on_token, .on_finish = on_finish, .user = &b};
+    bool more = false;
+    tandem_status st = td_sched_step(e->sched, &tc, &more, &e->err);
+    if (busy)
+        *busy = more;
+    return keep(e, st);
+}
+
+tandem_status tandem_run(tandem_engine *e, const tandem_callbacks *cb) {
+    READY(e);
+    int busy = 1;
+    tandem_status st = TANDEM_OK;
+    while (busy && st == TANDEM_OK)
+        st = tandem_step(e, cb, &busy);
+    return st;
+}
+
+void *tandem_request_user(const tandem_request *r) { return r ? r->user : NULL; }
+tandem_finish tandem_request_finish(const tandem_request *r) {
+    return r ? (tandem_finish)r->seq.finish : TANDEM_FINISH_NONE;
+}
+
+const char *tandem_request_text(const tandem_request *r, size_t *len) {
+    if (len)
+        *len = r ? r->seq.n_text : 0;
+    return r && r->seq.text ? r->seq.text : "";
+}
+
+const int32_t *tandem_request_tokens(const tandem_request *r, size_t *n_prompt, size_t *n_generated) {
+    if (n_prompt)
+        *n_prompt = r ? (size_t)r->seq.n_prompt : 0;
+    if (n_generated)
+        *n_generated = r ? (size_t)td_gen_seq_n_generated(&r->seq) : 0;
+    return r ? r->seq.ids : NULL;
+}
+
+tandem_status tandem_request_status(const tandem_request *r) {
+    return r && r->seq.finish == TD_FINISH_ERROR ? r->seq.error.status : TANDEM_OK;
+}
+
+const char *tandem_request_error(const tandem_request *r) {
+    return r && r->seq.finish == TD_FINISH_ERROR ? r->seq.error.msg : "";
+}
+
+void tandem_request_free(tandem_engine *e, tandem_request *r) {
+    if (!r)
+        return;
+    /* queued, running, or cancelled with its callback still to come */
+    if (e && e->sched && (r->seq.finish == TD_FINISH_NONE || r->seq.finish == TD_FINISH_CANCELLED))
+        td_sched_forget(e->sched, &r->seq);
+    if (e) {
+        if (r->prev)
+            r->prev->next = r->next;
+        else if (e->requests == r)
+            e->requests = r->next;
+        if (r->next)
+            r->next->prev = r->prev;
+    }
+    request_release(r);
+}
+
+tandem_status tandem_engine_stats(tandem_engine *e, tandem_stats *out) {
+    READY(e);
+    if (!out || out->struct_size < sizeof *out)
+        return fail(e, TANDEM_ERR_INVALID_ARGUMENT, "stats: set struct_size = sizeof(tandem_stats)");
+    const td_sched_stats *s = td_sched_get_stats(e->sched);
+    const size_t block = td_kv_get_layout(e->kv)->block_bytes;
+    memset(out, 0, sizeof *out);
+    out->struct_size = sizeof *out;
+    out->requests_finished = (uint64_t)s->finished;
+    out->requests_failed = (uint64_t)s->failed;
+    out->prompt_tokens = (uint64_t)s->prompt_tokens;
+    out->generated_tokens = (uint64_t)s->generated_tokens;
+    out->preemptions = (uint64_t)s->preemptions;
+    out->steps = (uint64_t)s->steps;
+    out->run_seconds = s->seconds;
+    out->forward_seconds = s->forward_seconds;
+    out->kv_bytes_total = (size_t)td_kv_n_blocks(e->kv) * block;
+    out->kv_bytes_used = (size_t)(td_kv_n_blocks(e->kv) - td_kv_free_blocks(e->kv)) * block;
+    out->kv_bytes_peak = (size_t)s->peak_kv_blocks * block;
+    out->running = (uint32_t)td_sched_running(e->sched);
+    out->queued = (uint32_t)td_sched_queued(e->sched);
+    return TANDEM_OK;
+}

@@ -1,0 +1,287 @@
+/* The public API, used as a caller would: only include/tandem.h, linked
+ * against the shared libtandem (so the exported symbols are what is
+ * tested). The model is SmolLM2-135M-Instruct. */
+#include <stdlib.h>
+#include <string.h>
+
+#include "tandem.h"
+#include "tests/test_util.h"
+
+static const char *const CHAT =
+    "<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face<|im_end|>\n"
+    "<|im_start|>user\nWhat is the capital of France?<|im_end|>\n<|im_start|>assistant\n";
+/* what the numpy oracle (tests/oracle/llama_oracle.py) answers, greedily */
+static const char *const ANSWER = "The capital of France is Paris.";
+
+static tandem_engine *open_default(void) {
+    tandem_config c;
+    tandem_config_init(&c);
+    c.model_path = TD_TEST_MODEL;
+    c.kv_budget_bytes = (size_t)128 << 20;
+    c.max_batch = 16;
+    c.step_tokens = 256;
+    tandem_engine *e = NULL;
+    tandem_status st = tandem_engine_open(&c, &e);
+    if (st != TANDEM_OK)
+        fprintf(stderr, "\n  open: %s: %s\n", tandem_status_name(st), tandem_engine_errmsg(e));
+    CU_ASSERT_EQUAL_FATAL(st, TANDEM_OK);
+    return e;
+}
+
+static void greedy(tandem_sampling *s, int32_t max_tokens) {
+    tandem_sampling_init(s);
+    s->temperature = 0;
+    s->max_tokens = max_tokens;
+}
+
+static void test_open_errors(void) {
+    tandem_config c;
+    tandem_config_init(&c);
+    c.model_path = "/nonexistent/dir/model.gguf";
+    tandem_engine *e = NULL;
+    CU_ASSERT_EQUAL(tandem_engine_open(&c, &e), TANDEM_ERR_IO);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(e);
+    CU_ASSERT(strstr(tandem_engine_errmsg(e), "/nonexistent/dir/model.gguf") != NULL);
+    /* a handle that did not open refuses work, and says why */
+    tandem_request *r = NULL;
+    CU_ASSERT_EQUAL(tandem_submit_text(e, "x", 1, NULL, NULL, &r), TANDEM_ERR_INVALID_ARGUMENT);
+    CU_ASSERT(strstr(tandem_engine_errmsg(e), "did not open") != NULL);
+    tandem_engine_close(e);
+
+    tandem_config_init(&c);
+    c.model_path = TD_TEST_MODEL;
+    c.device = TANDEM_DEVICE_CUDA;
+    CU_ASSERT_EQUAL(tandem_engine_open(&c, &e), TANDEM_ERR_UNSUPPORTED);
+    CU_ASSERT(strstr(tandem_engine_errmsg(e), "cuda") != NULL);
+    tandem_engine_close(e);
+
+    memset(&c, 0, sizeof c); /* no tandem_config_init */
+    CU_ASSERT_EQUAL(tandem_engine_open(&c, &e), TANDEM_ERR_INVALID_ARGUMENT);
+    CU_ASSERT(strstr(tandem_engine_errmsg(e), "struct_size") != NULL);
+    tandem_engine_close(e);
+    tandem_engine_close(NULL);
+}
+
+/* No path and no TANDEM_MODEL: the default model (the one scripts/fetch-model
+ * puts in models/, which is the test model). */
+static void test_default_model(void) {
+    unsetenv("TANDEM_MODEL");
+    tandem_config c;
+    tandem_config_init(&c);
+    c.kv_budget_bytes = (size_t)32 << 20;
+    tandem_engine *e = NULL;
+    tandem_status st = tandem_engine_open(&c, &e);
+    if (st)
+        fprintf(stderr, "\n  %s\n", tandem_engine_errmsg(e));
+    CU_ASSERT_EQUAL(st, TANDEM_OK);
+    CU_ASSERT_EQUAL(tandem_n_vocab(e), 49152);
+    tandem_engine_close(e);
+}
+
+static void test_tokenize(void) {
+    tandem_engine *e = open_default();
+    const char *text = "Hello, world! \xe4\xbd\xa0\xe5\xa5\xbd \xf0\x9f\x98\x80";
+    int32_t ids[64];
+    size_t n = 0, m = 0;
+    CU_ASSERT_EQUAL(tandem_tokenize(e, text, strlen(text), 0, 1, ids, 64, &n), TANDEM_OK);
+    CU_ASSERT(n > 3);
+    char out[128];
+    CU_ASSERT_EQUAL(tandem_detokenize(e, ids, n, out, sizeof out, &m), TANDEM_OK);
+    CU_ASSERT(m == strlen(text) && memcmp(out, text, m) == 0);
+    /* too small a buffer: LIMIT and the size needed */
+    size_t need = 0;
+    CU_ASSERT_EQUAL(tandem_tokenize(e, text, strlen(text), 0, 1, ids, 1, &need), TANDEM_ERR_LIMIT);
+    CU_ASSERT_EQUAL(need, n);
+    /* special tokens only when asked */
+    CU_ASSERT_EQUAL(tandem_tokenize(e, "<|im_end|>", 10, 0, 1, ids, 64, &n), TANDEM_OK);
+    CU_ASSERT(n == 1 && ids[0] == tandem_token_eos(e));
+    CU_ASSERT_EQUAL(tandem_tokenize(e, "<|im_end|>", 10, 0, 0, ids, 64, &n), TANDEM_OK);
+    CU_ASSERT(n > 1);
+    int32_t bad = 1 << 30;
+    CU_ASSERT_EQUAL(tandem_detokenize(e, &bad, 1, out, sizeof out, &m), TANDEM_ERR_INVALID_ARGUMENT);
+    tandem_engine_close(e);
+}
+
+typedef struct seen {
+    int tokens, finishes;
+    char text[1024];
+    size_t n;
+    tandem_request *last;
+} seen;
+
+static void on_token(void *u, tandem_request *r, int32_t token, const char *text, size_t len) {
+    seen *s = u;
+    (void)r, (void)token;
+    s->tokens++;
+    if (s->n + len < sizeof s->text) {
+        memcpy(s->text + s->n, text, len);
+        s->n += len;
+    }
+}
+
+static void on_finish(void *u, tandem_request *r) {
+    seen *s = u;
+    s->finishes++;
+    s->last = r;
+}
+
+static void test_generate_chat(void) {
+    tandem_engine *e = open_default();
+    tandem_sampling s;
+    greedy(&s, 48);
+    tandem_request *r = NULL;
+    int tag = 7;
+    CU_ASSERT_EQUAL_FATAL(tandem_submit_text(e, CHAT, strlen(CHAT), &s, &tag, &r), TANDEM_OK);
+    CU_ASSERT_EQUAL(tandem_request_finish(r), TANDEM_FINISH_NONE);
+    seen sn = {0};
+    tandem_callbacks cb = {.on_token = on_token, .on_finish = on_finish, .user_data = &sn};
+    CU_ASSERT_EQUAL(tandem_run(e, &cb), TANDEM_OK);
+    size_t len = 0, n_prompt = 0, n_gen = 0;
+    const char *text = tandem_request_text(r, &len);
+    const int32_t *ids = tandem_request_tokens(r, &n_prompt, &n_gen);
+    printf("\n    \"%.*s\" (%s) ", (int)len, text, tandem_finish_name(tandem_request_finish(r)));
+    CU_ASSERT(len == strlen(ANSWER) && memcmp(text, ANSWER, len) == 0);
+    CU_ASSERT_EQUAL(tandem_request_finish(r), TANDEM_FINISH_STOP);
+    CU_ASSERT_PTR_EQUAL(tandem_request_user(r), &tag);
+    CU_ASSERT_EQUAL(ids[0], 1); /* <|im_start|>: specials parsed in submitted text */
+    /* the callbacks saw every token once and the same text */
+    CU_ASSERT_EQUAL((size_t)sn.tokens, n_gen);
+    CU_ASSERT(sn.n == len && memcmp(sn.text, text, len) == 0);
+    CU_ASSERT_EQUAL(sn.finishes, 1);
+    CU_ASSERT_PTR_EQUAL(sn.last, r);
+    CU_ASSERT_EQUAL(ids[n_prompt + n_gen - 1], tandem_token_eos(e)); /* ended on <|im_end|> */
+
+    tandem_stats st = {.struct_size = sizeof st};
+    CU_ASSERT_EQUAL(tandem_engine_stats(e, &st), TANDEM_OK);
+    CU_ASSERT_EQUAL(st.generated_tokens, n_gen);
+    CU_ASSERT_EQUAL(st.prompt_tokens, n_prompt);
+    CU_ASSERT_EQUAL(st.requests_finished, 1);
+    CU_ASSERT(st.kv_bytes_peak > 0 && st.kv_bytes_used == 0 && st.running == 0 && st.queued == 0);
+    tandem_request_free(e, r);
+
+    /* a stop string spanning tokens ends the text before it */
+    const char *stops[1] = {"France is"};
+    s.stop = stops;
+    s.n_stop = 1;
+    CU_ASSERT_EQUAL_FATAL(tandem_submit_text(e, CHAT, strlen(CHAT), &s, NULL, &r), TANDEM_OK);
+    CU_ASSERT_EQUAL(tandem_run(e, NULL), TANDEM_OK);
+    text = tandem_request_text(r, &len);
+    CU_ASSERT(len == strlen("The capital of ") && memcmp(text, "The capital of ", len) == 0);
+    CU_ASSERT_EQUAL(tandem_request_finish(r), TANDEM_FINISH_STOP);
+    tandem_request_free(e, r);
+    tandem_engine_close(e);
+}
+
+/* Requests run together give what each gives alone, sampled ones included. */
+static void test_batch_matches_alone(void) {
+    static const char *const prompts[] = {"Once upon", "def fibonacci(n):", "The three laws of thermodynamics are",
+                                          "List of fruits:\n1.", "Paris is"};
+    enum { N = 5 };
+    tandem_engine *e = open_default();
+    tandem_sampling s;
+    tandem_sampling_init(&s);
+    s.max_tokens = 20;
+    s.temperature = 0.8f;
+    s.top_p = 0.9f;
+    tandem_request *all[N], *one;
+    for (int i = 0; i < N; i++) {
+        s.seed = 100 + (uint64_t)i;
+        CU_ASSERT_EQUAL_FATAL(tandem_submit_text(e, prompts[i], strlen(prompts[i]), &s, NULL, &all[i]), TANDEM_OK);
+    }
+    CU_ASSERT_EQUAL(tandem_run(e, NULL), TANDEM_OK);
+    for (int i = 0; i < N; i++) {
+        s.seed = 100 + (uint64_t)i;
+        CU_ASSERT_EQUAL_FATAL(tandem_submit_text(e, prompts[i], strlen(prompts[i]), &s, NULL, &one), TANDEM_OK);
+        CU_ASSERT_EQUAL(tandem_run(e, NULL), TANDEM_OK);
+        size_t a, b, pa, pb, ga, gb;
+        const char *ta = tandem_request_text(all[i], &a), *tb = tandem_request_text(one, &b);
+        const int32_t *ia = tandem_request_tokens(all[i], &pa, &ga), *ib = tandem_request_tokens(one, &pb, &gb);
+        CU_ASSERT(a == b && memcmp(ta, tb, a) == 0);
+        CU_ASSERT(ga == gb && pa == pb && memcmp(ia, ib, (pa + ga) * sizeof *ia) == 0);
+        tandem_request_free(e, one);
+        tandem_request_free(e, all[i]);
+    }
+    tandem_engine_close(e);
+}
+
+static void test_request_errors_and_cancel(void) {
+    tandem_engine *e = open_default();
+    tandem_sampling s;
+    greedy(&s, 8);
+    tandem_request *r = NULL;
+    s.top_p = 2.0f;
+    CU_ASSERT_EQUAL(tandem_submit_text(e, "x", 1, &s, NULL, &r), TANDEM_ERR_INVALID_ARGUMENT);
+    CU_ASSERT(strstr(tandem_engine_errmsg(e), "top_p") != NULL);
+    CU_ASSERT_PTR_NULL(r);
+    greedy(&s, 0);
+    CU_ASSERT_EQUAL(tandem_submit_text(e, "x", 1, &s, NULL, &r), TANDEM_ERR_INVALID_ARGUMENT);
+    CU_ASSERT(strstr(tandem_engine_errmsg(e), "max_tokens") != NULL);
+    greedy(&s, 8);
+    const char *stops[2] = {"a", NULL};
+    s.stop = stops;
+    s.n_stop = 2;
+    CU_ASSERT_EQUAL(tandem_submit_text(e, "x", 1, &s, NULL, &r), TANDEM_ERR_INVALID_ARGUMENT);
+    CU_ASSERT(strstr(tandem_engine_errmsg(e), "stop[1]") != NULL);
+    greedy(&s, 8);
+    CU_ASSERT_EQUAL(tandem_submit_text(e, "", 0, &s, NULL, &r), TANDEM_ERR_INVALID_ARGUMENT);
+    tandem_sampling old = s;
+    old.struct_size = 8;
+    CU_ASSERT_EQUAL(tandem_submit_text(e, "x", 1, &old, NULL, &r), TANDEM_ERR_INVALID_ARGUMENT);
+
+    /* cancel one running request and free a queued one unfinished */
+    tandem_request *a, *b, *c;
+    greedy(&s, 30);
+    s.ignore_eos = 1;
+    CU_ASSERT_EQUAL_FATAL(tandem_submit_text(e, "Once upon", 9, &s, NULL, &a), TANDEM_OK);
+    CU_ASSERT_EQUAL_FATAL(tandem_submit_text(e, "Paris is", 8, &s, NULL, &b), TANDEM_OK);
+    CU_ASSERT_EQUAL_FATAL(tandem_submit_text(e, "Rome is", 7, &s, NULL, &c), TANDEM_OK);
+    seen sn = {0};
+    tandem_callbacks cb = {.on_token = on_token, .on_finish = on_finish, .user_data = &sn};
+    int busy = 0;
+    CU_ASSERT_EQUAL(tandem_step(e, &cb, &busy), TANDEM_OK);
+    CU_ASSERT(busy);
+    CU_ASSERT_EQUAL(tandem_cancel(e, a), TANDEM_OK);
+    tandem_request_free(e, c); /* running, unfinished: dropped without a callback */
+    CU_ASSERT_EQUAL(tandem_run(e, &cb), TANDEM_OK);
+    CU_ASSERT_EQUAL(tandem_request_finish(a), TANDEM_FINISH_CANCELLED);
+    CU_ASSERT_EQUAL(tandem_request_finish(b), TANDEM_FINISH_LENGTH);
+    CU_ASSERT_EQUAL(sn.finishes, 2);
+    size_t n_gen;
+    tandem_request_tokens(b, NULL, &n_gen);
+    CU_ASSERT_EQUAL(n_gen, 30);
+    tandem_stats st = {.struct_size = sizeof st};
+    CU_ASSERT_EQUAL(tandem_engine_stats(e, &st), TANDEM_OK);
+    CU_ASSERT(st.kv_bytes_used == 0 && st.running == 0 && st.queued == 0);
+    tandem_request_free(e, a);
+    tandem_request_free(e, b);
+    tandem_engine_close(e);
+}
+
+/* Requests left at close are freed by it (the sanitizer build checks). */
+static void test_close_with_requests(void) {
+    for (int i = 0; i < 3; i++) {
+        tandem_engine *e = open_default();
+        tandem_sampling s;
+        greedy(&s, 4);
+        tandem_request *r;
+        CU_ASSERT_EQUAL(tandem_submit_text(e, "Hello", 5, &s, NULL, &r), TANDEM_OK);
+        CU_ASSERT_EQUAL(tandem_submit_text(e, "World", 5, &s, NULL, &r), TANDEM_OK);
+        int busy;
+        CU_ASSERT_EQUAL(tandem_step(e, NULL, &busy), TANDEM_OK);
+        tandem_engine_close(e);
+    }
+}
+
+void td_test_register(void) {
+    static const td_test tests[] = {
+        {"open: errors name the problem", test_open_errors},
+        {"open: the default model", test_default_model},
+        {"tokenize / detokenize", test_tokenize},
+        {"greedy chat answer, callbacks, stats, stop string", test_generate_chat},
+        {"a batch gives what each request gives alone", test_batch_matches_alone},
+        {"request errors, cancel, free unfinished", test_request_errors_and_cancel},
+        {"close with requests left", test_close_with_requests},
+        {NULL, NULL},
+    };
+    td_add_suite("api", tests);
+}
