@@ -7,6 +7,7 @@
 #include <unistd.h>
 
 #include "cpu/kv_cache.h"
+#include "engine/chat_template.h"
 #include "engine/forward.h"
 #include "engine/generate.h"
 #include "engine/model.h"
@@ -29,7 +30,9 @@ struct tandem_engine {
     td_kv_cache *kv;
     td_forward *fw;
     td_sched *sched;
-    tandem_request *requests; /* every request not yet freed: tandem_engine_close frees them */
+    td_chat_template chat;           /* family TD_CHAT_UNKNOWN when none */
+    char chat_why[TD_ERROR_MSG_MAX]; /* why there is none */
+    tandem_request *requests;        /* every request not yet freed: tandem_engine_close frees them */
     td_error err;
 };
 
@@ -130,6 +133,16 @@ static tandem_status open_parts(tandem_engine *e) {
                        .max_seq_tokens = mc->n_ctx,
                        .n_threads = c->threads};
     td_sched_config sc = {.max_batch = c->max_batch, .step_tokens = c->step_tokens};
+    /* the chat template: named, or the model's; a model without a known one
+     * still opens (plain prompts work), and tandem_submit_chat says why */
+    if (c->chat_template) {
+        if ((st = td_chat_family_parse(c->chat_template, &e->chat.family, err)))
+            return keep(e, st);
+    } else {
+        td_error ce;
+        if (td_chat_template_from_gguf(e->model->gguf, &e->chat, &ce) != TANDEM_OK)
+            snprintf(e->chat_why, sizeof e->chat_why, "%s", ce.msg);
+    }
     if ((st = td_kv_create(&kc, &e->kv, err)) ||
         (st = td_forward_create(e->model, c->step_tokens > c->max_batch ? c->step_tokens : c->max_batch, c->threads,
                                 &e->fw, err)) ||
@@ -174,6 +187,7 @@ void tandem_engine_close(tandem_engine *e) {
         e->requests = r->next;
         request_release(r);
     }
+    td_chat_template_free(&e->chat);
     td_forward_destroy(e->fw);
     td_kv_destroy(e->kv);
     td_tokenizer_free(e->tok);
@@ -285,11 +299,9 @@ tandem_status tandem_submit_tokens(tandem_engine *e, const int32_t *ids, size_t 
     return submit(e, ids, n, s, user, out);
 }
 
-tandem_status tandem_submit_text(tandem_engine *e, const char *prompt, size_t len, const tandem_sampling *s, void *user,
-                                 tandem_request **out) {
-    *out = NULL;
-    READY(e);
-    bool bos = td_tokenizer_add_bos(e->tok);
+/* Tokenizes text (control tokens recognised) and queues it. */
+static tandem_status submit_string(tandem_engine *e, const char *prompt, size_t len, bool bos, const tandem_sampling *s,
+                                   void *user, tandem_request **out) {
     size_t n = 0, cap = len + 2; /* a byte-level vocabulary never needs more than a token per byte (+ BOS) */
     int32_t *ids = malloc(cap * sizeof *ids);
     if (!ids)
@@ -301,11 +313,47 @@ tandem_status tandem_submit_text(tandem_engine *e, const char *prompt, size_t le
                   : fail(e, TANDEM_ERR_OUT_OF_MEMORY, "out of memory");
     }
     if (st == TANDEM_OK)
-        st = submit(e, ids, n, s, NULL, out);
-    if (st == TANDEM_OK)
-        (*out)->user = user;
+        st = submit(e, ids, n, s, user, out);
     free(ids);
     return keep(e, st);
+}
+
+tandem_status tandem_submit_text(tandem_engine *e, const char *prompt, size_t len, const tandem_sampling *s, void *user,
+                                 tandem_request **out) {
+    *out = NULL;
+    READY(e);
+    return submit_string(e, prompt, len, td_tokenizer_add_bos(e->tok), s, user, out);
+}
+
+tandem_status tandem_submit_chat(tandem_engine *e, const tandem_message *msgs, size_t n, const tandem_sampling *s,
+                                 void *user, tandem_request **out) {
+    *out = NULL;
+    READY(e);
+    if (e->chat.family == TD_CHAT_UNKNOWN)
+        return fail(e, TANDEM_ERR_UNSUPPORTED, "no chat template: %s (set tandem_config.chat_template)",
+                    e->chat_why[0] ? e->chat_why : "the model has none");
+    if (!msgs && n)
+        return fail(e, TANDEM_ERR_INVALID_ARGUMENT, "no messages given");
+    td_chat_msg *m = malloc((n ? n : 1) * sizeof *m);
+    if (!m)
+        return fail(e, TANDEM_ERR_OUT_OF_MEMORY, "out of memory");
+    for (size_t i = 0; i < n; i++)
+        m[i] = (td_chat_msg){.role = msgs[i].role, .content = msgs[i].content, .content_len = msgs[i].content_len};
+    char *text = NULL;
+    size_t len = 0;
+    tandem_status st = td_chat_render(&e->chat, m, n, true, &text, &len, &e->err);
+    free(m);
+    if (st)
+        return keep(e, st);
+    /* the templates that begin with BOS leave it to the tokenizer */
+    bool bos = td_chat_family_bos(e->chat.family) || td_tokenizer_add_bos(e->tok);
+    st = submit_string(e, text, len, bos, s, user, out);
+    free(text);
+    return st;
+}
+
+const char *tandem_chat_template(const tandem_engine *e) {
+    return e && e->chat.family != TD_CHAT_UNKNOWN ? td_chat_family_name(e->chat.family) : "";
 }
 
 tandem_status tandem_cancel(tandem_engine *e, tandem_request *r) {

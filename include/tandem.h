@@ -101,6 +101,8 @@ typedef struct tandem_config {
     int step_tokens;        /* tokens per step (decodes + prompt chunks); 0: 2048 */
     tandem_weights weights;
     tandem_device device;
+    const char *chat_template; /* NULL: the model's (tokenizer.chat_template); or "chatml", "llama3",
+                                * "llama2", "mistral", "mistral-v0.1" */
 } tandem_config;
 
 TANDEM_API void tandem_config_init(tandem_config *c);
@@ -170,6 +172,22 @@ TANDEM_API tandem_status tandem_submit_text(tandem_engine *e, const char *prompt
                                             void *user, tandem_request **out);
 TANDEM_API tandem_status tandem_submit_tokens(tandem_engine *e, const int32_t *ids, size_t n, const tandem_sampling *s,
                                               void *user, tandem_request **out);
+
+typedef struct tandem_message {
+    const char *role;    /* "system", "user" or "assistant" */
+    const char *content; /* content_len bytes of UTF-8 */
+    size_t content_len;
+} tandem_message;
+
+/* Renders a conversation with the engine's chat template and queues the
+ * assistant's reply as a request (as tandem_submit_text; the template's BOS
+ * is added by the tokenizer). TANDEM_ERR_UNSUPPORTED when the model has no
+ * template Tandem knows (name one in tandem_config.chat_template). */
+TANDEM_API tandem_status tandem_submit_chat(tandem_engine *e, const tandem_message *msgs, size_t n,
+                                            const tandem_sampling *s, void *user, tandem_request **out);
+
+/* The chat template in use: "chatml", "llama3", ...; "" when none. */
+TANDEM_API const char *tandem_chat_template(const tandem_engine *e);
 
 /* Ends a queued or running request with TANDEM_FINISH_CANCELLED (its
  * on_finish comes with the next step). */

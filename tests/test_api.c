@@ -172,6 +172,31 @@ static void test_generate_chat(void) {
     tandem_engine_close(e);
 }
 
+/* The same conversation as CHAT, as messages through the model's template. */
+static void test_chat(void) {
+    tandem_engine *e = open_default();
+    CU_ASSERT_STRING_EQUAL(tandem_chat_template(e), "chatml");
+    const char *sys = "You are a helpful AI assistant named SmolLM, trained by Hugging Face",
+               *user = "What is the capital of France?";
+    tandem_message m[2] = {{"system", sys, strlen(sys)}, {"user", user, strlen(user)}};
+    tandem_sampling s;
+    greedy(&s, 48);
+    tandem_request *r = NULL, *t = NULL;
+    CU_ASSERT_EQUAL_FATAL(tandem_submit_chat(e, m, 2, &s, NULL, &r), TANDEM_OK);
+    CU_ASSERT_EQUAL_FATAL(tandem_submit_text(e, CHAT, strlen(CHAT), &s, NULL, &t), TANDEM_OK);
+    CU_ASSERT_EQUAL(tandem_run(e, NULL), TANDEM_OK);
+    size_t n1, n2, p1, p2;
+    const char *a = tandem_request_text(r, &n1), *b = tandem_request_text(t, &n2);
+    const int32_t *ia = tandem_request_tokens(r, &p1, NULL), *ib = tandem_request_tokens(t, &p2, NULL);
+    CU_ASSERT(p1 == p2 && memcmp(ia, ib, p1 * sizeof *ia) == 0); /* the template renders exactly CHAT */
+    CU_ASSERT(n1 == strlen(ANSWER) && memcmp(a, ANSWER, n1) == 0);
+    CU_ASSERT(n1 == n2 && memcmp(a, b, n1) == 0);
+    tandem_message bad = {"tool", "x", 1};
+    CU_ASSERT_EQUAL(tandem_submit_chat(e, &bad, 1, &s, NULL, &r), TANDEM_ERR_INVALID_ARGUMENT);
+    CU_ASSERT(strstr(tandem_engine_errmsg(e), "tool") != NULL);
+    tandem_engine_close(e);
+}
+
 /* Requests run together give what each gives alone, sampled ones included. */
 static void test_batch_matches_alone(void) {
     static const char *const prompts[] = {"Once upon", "def fibonacci(n):", "The three laws of thermodynamics are",
@@ -278,6 +303,7 @@ void td_test_register(void) {
         {"open: the default model", test_default_model},
         {"tokenize / detokenize", test_tokenize},
         {"greedy chat answer, callbacks, stats, stop string", test_generate_chat},
+        {"chat messages through the model's template", test_chat},
         {"a batch gives what each request gives alone", test_batch_matches_alone},
         {"request errors, cancel, free unfinished", test_request_errors_and_cancel},
         {"close with requests left", test_close_with_requests},
