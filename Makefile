@@ -1,6 +1,7 @@
 # A thin wrapper over CMake.
-#   make run    set up, build, fetch the default model, run the main job (today: prefill and
-#               decode throughput of the forward pass on it, bench/bench_forward)
+#   make run    set up, build, fetch the default model, run the main job: `tandem generate` on
+#               examples/prompts.jsonl (completions as JSON lines on stdout)
+#   make bench  the forward-pass benchmark on the default model (bench/bench_forward)
 #   make test   set up, build, run every test: an ASan/UBSan build with clang (with a short
 #               libFuzzer run), then the release build with gcc (CUDA plugin included when
 #               nvcc is present)
@@ -13,7 +14,7 @@ CMAKE_FLAGS ?=
 # nvcc lives here on machines with the CUDA toolkit; CMake finds it on PATH
 export PATH := $(PATH):/usr/local/cuda/bin
 
-.PHONY: all setup build build-sanitize run test bench-attention bench-full format clean
+.PHONY: all setup build build-sanitize run test bench bench-attention bench-full format clean
 all: build
 
 setup:
@@ -29,6 +30,10 @@ build-sanitize: setup
 	@cmake --build $(BUILD_SAN) -j $(JOBS)
 
 run: build
+	@scripts/fetch-model >/dev/null
+	$(BUILD)/tools/tandem generate --input examples/prompts.jsonl --output - --temperature 0
+
+bench: build
 	@scripts/fetch-model >/dev/null
 	$(BUILD)/bench/bench_forward
 

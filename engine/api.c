@@ -21,7 +21,7 @@
 
 #define DEFAULT_MAX_BATCH 256
 #define DEFAULT_STEP_TOKENS 2048
-#define DEFAULT_KV_CAP ((size_t)16 << 30)
+#define DEFAULT_KV_CAP ((size_t)4 << 30)
 
 struct tandem_engine {
     tandem_config cfg;

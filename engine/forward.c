@@ -169,7 +169,7 @@ static tandem_status plan(td_forward *f, const td_kv_cache *kv, const td_fwd_seq
         const int32_t *blocks = td_kv_seq_blocks(kv, s->kv_seq);
         void *out = (char *)f->h + (size_t)t * (size_t)Q * esz;
         f->seq_first[i] = t;
-        if (s->n_tokens == 1)
+        if (s->n_tokens == 1 && !s->prompt)
             f->ents[f->n_ents++] =
                 (td_attn_seq){.q = f->qkv + t * W, .blocks = blocks, .n_tokens = s->pos + 1, .out = out};
         else

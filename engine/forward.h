@@ -26,6 +26,7 @@
 #ifndef TD_ENGINE_FORWARD_H
 #define TD_ENGINE_FORWARD_H
 
+#include <stdbool.h>
 #include <stdint.h>
 
 #include "base/error.h"
@@ -44,6 +45,12 @@ typedef struct td_fwd_seq {
     int32_t n_tokens;      /* >= 1; the cache must already hold pos + n_tokens (td_kv_seq_grow) */
     const int32_t *tokens; /* [n_tokens] */
     td_logits_mode logits;
+    /* Attention kernel: a single token goes through the decode kernel unless
+     * it is part of a prompt (prompt set), whose tokens always take the
+     * prefill kernel. The two agree to rounding, not bit for bit: a caller
+     * that recomputes a sequence (preemption) must send each token down the
+     * path it took the first time to get the same results. */
+    bool prompt;
 } td_fwd_seq;
 
 /* Seconds spent in each part of the steps run so far. */

@@ -275,17 +275,23 @@ static bool preempt_newest(td_sched *s) {
     return true;
 }
 
-/* Decides each running sequence's tokens this step (s->chunk): decodes
- * first, then prompt chunks in admission order, within step_tokens and the
- * free blocks. Decodes that do not fit preempt the newest sequences; prompt
- * chunks shrink or wait instead. */
+/* Decides each running sequence's tokens this step (s->chunk): one token
+ * for each sequence past its prompt, then prompt chunks in admission order,
+ * within step_tokens and the free blocks. Single tokens that do not fit
+ * preempt the newest sequences; prompt chunks shrink or wait instead.
+ *
+ * A recomputed (preempted) sequence prefills its prompt again, then replays
+ * its generated tokens one per step: each token goes down the path it took
+ * the first time (prompt tokens the prefill kernel, generated ones the
+ * decode kernel), so the cache and the logits come out bit for bit as
+ * before and so do the tokens that follow. */
 static tandem_status plan(td_sched *s, const td_sched_callbacks *cb, td_error *err) {
     for (;;) {
         int32_t budget = s->c.step_tokens, need = 0;
         for (int32_t i = 0; i < s->n_run; i++) {
             td_gen_seq *q = s->run[i];
             s->chunk[i] = 0;
-            if (q->n_ids - q->n_cached == 1 && budget > 0) {
+            if (q->n_cached >= q->n_prompt && q->n_cached < q->n_ids && budget > 0) {
                 s->chunk[i] = 1;
                 budget--;
                 need += extra_blocks(s, q->n_cached, 1);
@@ -312,8 +318,8 @@ static tandem_status plan(td_sched *s, const td_sched_callbacks *cb, td_error *e
         int32_t avail = free_blocks - need;
         for (int32_t i = 0; i < s->n_run && budget > 0; i++) {
             td_gen_seq *q = s->run[i];
-            int32_t feed = q->n_ids - q->n_cached;
-            if (feed <= 1)
+            int32_t feed = q->n_prompt - q->n_cached;
+            if (feed < 1)
                 continue;
             int32_t c = feed < budget ? feed : budget;
             /* as many tokens as the blocks it holds plus those still free take */
@@ -355,12 +361,12 @@ tandem_status td_sched_step(td_sched *s, const td_sched_callbacks *cb, bool *bus
         /* plan counted the blocks: this growth cannot fail */
         if ((st = td_kv_seq_grow(s->kv, q->kv_seq, s->chunk[i], err)))
             return st;
-        s->batch[nb++] =
-            (td_fwd_seq){.kv_seq = q->kv_seq,
-                         .pos = q->n_cached,
-                         .n_tokens = s->chunk[i],
-                         .tokens = q->ids + q->n_cached,
-                         .logits = q->n_cached + s->chunk[i] == q->n_ids ? TD_LOGITS_LAST : TD_LOGITS_NONE};
+        s->batch[nb++] = (td_fwd_seq){.kv_seq = q->kv_seq,
+                                      .pos = q->n_cached,
+                                      .n_tokens = s->chunk[i],
+                                      .tokens = q->ids + q->n_cached,
+                                      .logits = q->n_cached + s->chunk[i] == q->n_ids ? TD_LOGITS_LAST : TD_LOGITS_NONE,
+                                      .prompt = q->n_cached < q->n_prompt};
     }
     if (nb == 0 && s->n_run > 0) {
         /* Every running request is mid-prompt with no block left to grow
@@ -397,8 +403,8 @@ tandem_status td_sched_step(td_sched *s, const td_sched_callbacks *cb, bool *bus
             i++;
             continue;
         }
-        /* a decode feeds the one token sampled last; everything else is
-         * prompt (or the recomputation of a preempted request) */
+        /* a decode feeds the token sampled last; everything else is prompt
+         * or the replay of a preempted request's tokens */
         bool decode = c == 1 && q->n_cached == q->n_ids - 1 && q->n_cached >= q->n_prompt;
         s->stats.prompt_tokens += decode ? 0 : c;
         q->n_cached += c;

@@ -11,16 +11,21 @@
  *      go on;
  *   3. grows each scheduled sequence's KV; when the pool is full, the newest
  *      running sequence is preempted: its blocks are freed and it goes back
- *      to the front of the queue, to be recomputed (prompt and the tokens it
- *      had generated, which it keeps) when room returns, as vLLM does;
+ *      to the front of the queue, to be recomputed when room returns, as
+ *      vLLM does: its prompt prefilled again, then the tokens it had
+ *      generated (which it keeps) replayed one per step through the decode
+ *      path, so that the recomputed cache is the same bits as the lost one;
  *   4. runs the forward step, samples, and retires finished sequences at
  *      once (their blocks freed before the next step).
  *
  * A request that can never run (a prompt at or past the model's context, or
  * needing more blocks than the whole pool) finishes with TD_FINISH_ERROR and
- * the others go on. Greedy outputs do not depend on admission, chunking or
- * preemption (recompute gives the same cache contents; batch invariance,
- * cpu/linear.h).
+ * the others go on. Outputs do not depend on admission, chunking or
+ * preemption: the GEMMs are batch-invariant (cpu/linear.h), prefill
+ * attention of a query does not depend on its chunk, and recomputation
+ * replays each token's path. (One exception: decode attention over contexts
+ * of more than 256 tokens is split across threads by the batch's total
+ * work, which changes its rounding with the batch.)
  *
  * The scheduler holds pointers to the caller's td_gen_seq: they must stay
  * valid until finished. One thread drives a scheduler. */

@@ -96,7 +96,7 @@ typedef struct tandem_config {
     size_t struct_size;     /* sizeof(tandem_config), set by tandem_config_init */
     const char *model_path; /* GGUF file; NULL: $TANDEM_MODEL, else the default model (scripts/fetch-model) */
     int threads;            /* 0: all the cores OpenMP sees */
-    size_t kv_budget_bytes; /* host KV pool; 0: a quarter of physical memory, at most 16 GiB */
+    size_t kv_budget_bytes; /* host KV pool; 0: a quarter of physical memory, at most 4 GiB */
     int max_batch;          /* requests running at once; 0: 256 */
     int step_tokens;        /* tokens per step (decodes + prompt chunks); 0: 2048 */
     tandem_weights weights;

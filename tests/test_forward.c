@@ -165,7 +165,7 @@ static void logits_vs_oracle(td_weights w, td_dtype kv_dtype, float tol) {
     td_error err;
     TD_ASSERT_OK(td_forward_create(m, MAX_TOKENS, 0, &fw, &err), &err);
     CU_ASSERT_EQUAL_FATAL(O.n_vocab, (uint32_t)m->cfg.n_vocab);
-    td_fwd_seq s[16];
+    td_fwd_seq s[16] = {{0}};
     int32_t total = 0;
     for (uint32_t i = 0; i < O.n_prompts; i++) {
         const oracle_prompt *p = &O.p[i];
@@ -222,7 +222,7 @@ static void generate(td_model *m, td_dtype kv_dtype, const uint32_t *which, uint
     td_error err;
     TD_ASSERT_OK(td_forward_create(m, MAX_TOKENS, 0, &fw, &err), &err);
     int32_t seq[16], done_prompt[16] = {0}, n_gen[16] = {0}, last[16];
-    td_fwd_seq s[16];
+    td_fwd_seq s[16] = {{0}};
     for (uint32_t i = 0; i < n; i++)
         TD_ASSERT_OK(td_kv_seq_new(kv, &seq[i], &err), &err);
     for (int32_t stepno = 0;; stepno++) {
@@ -234,6 +234,7 @@ static void generate(td_model *m, td_dtype kv_dtype, const uint32_t *which, uint
             if (n_gen[i] >= (int32_t)O.gen)
                 continue;
             td_fwd_seq *q = &s[ns];
+            *q = (td_fwd_seq){0};
             q->kv_seq = seq[i];
             if (done_prompt[i] < p->n_prompt) {
                 int32_t c = p->n_prompt - done_prompt[i];

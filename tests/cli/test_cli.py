@@ -1,0 +1,178 @@
+#!/usr/bin/env python3
+"""Runs the `tandem` binary as a user would: each input format, bad lines,
+an over-long prompt, KV exhaustion with preemption, resume after SIGKILL,
+usage errors. Greedy decoding everywhere, so outputs can be compared across
+runs; run by CTest (tests/CMakeLists.txt) with the binary and the model."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import unittest
+
+TANDEM = os.environ["TANDEM_BIN"]
+MODEL = os.environ["TANDEM_TEST_MODEL"]
+TMP = tempfile.mkdtemp(prefix="tandem-cli-")
+
+PROMPTS = [
+    "<|im_start|>user\nWhat is the capital of France?<|im_end|>\n<|im_start|>assistant\n",
+    "Once upon a time",
+    "def add(a, b):",
+    "The three primary colors are",
+    "List of planets:\n1.",
+    "Water boils at",
+    "<|im_start|>user\nName a fruit.<|im_end|>\n<|im_start|>assistant\n",
+    "In 1969,",
+]
+
+
+def path(name):
+    return os.path.join(TMP, name)
+
+
+def write_lines(name, lines):
+    with open(path(name), "w", encoding="utf-8") as f:
+        for line in lines:
+            f.write(line + "\n")
+    return path(name)
+
+
+def jsonl(prompts, ids=None):
+    ids = ids or [f"r{i}" for i in range(len(prompts))]
+    return [json.dumps({"id": i, "prompt": p}) for i, p in zip(ids, prompts)]
+
+
+def run(args, check=True, **kw):
+    cmd = [TANDEM, "generate", "--model", MODEL, "--temperature", "0", "--quiet"] + args
+    p = subprocess.run(cmd, capture_output=True, text=True, timeout=600, **kw)
+    if check and p.returncode != 0:
+        raise AssertionError(f"{cmd} exited {p.returncode}: {p.stderr}")
+    return p
+
+
+def records(name):
+    with open(path(name), encoding="utf-8") as f:
+        return [json.loads(line) for line in f]
+
+
+def by_id(recs, key="id"):
+    out = {}
+    for r in recs:
+        assert r[key] not in out, f"id {r[key]} twice"
+        out[r[key]] = r
+    return out
+
+
+class Cli(unittest.TestCase):
+    reference = None
+
+    @classmethod
+    def setUpClass(cls):
+        inp = write_lines("ref.jsonl", jsonl(PROMPTS))
+        run(["--input", inp, "--output", path("ref.out"), "--max-tokens", "24"])
+        cls.reference = by_id(records("ref.out"))
+
+    def test_jsonl(self):
+        ref = self.reference
+        self.assertEqual(sorted(ref), sorted(f"r{i}" for i in range(len(PROMPTS))))
+        self.assertEqual(ref["r0"]["completion"], "The capital of France is Paris.")
+        self.assertEqual(ref["r0"]["finish_reason"], "stop")
+        for r in ref.values():
+            self.assertIn(r["finish_reason"], ("stop", "length"))
+            self.assertLessEqual(r["completion_tokens"], 24)
+            self.assertGreater(r["prompt_tokens"], 0)
+
+    def test_openai_batch(self):
+        lines = [json.dumps({"custom_id": f"c{i}", "method": "POST", "url": "/v1/chat/completions",
+                             "body": {"model": "smollm2", "max_tokens": 24,
+                                      "messages": [{"role": "user", "content": "What is the capital of France?"}]}})
+                 for i in range(2)]
+        run(["--input", write_lines("oa.jsonl", lines), "--output", path("oa.out")])
+        out = by_id(records("oa.out"), "custom_id")
+        self.assertEqual(sorted(out), ["c0", "c1"])
+        body = out["c0"]["response"]["body"]
+        self.assertEqual(out["c0"]["response"]["status_code"], 200)
+        self.assertIsNone(out["c0"]["error"])
+        self.assertEqual(body["choices"][0]["message"]["role"], "assistant")
+        # SmolLM2's template adds its default system prompt: the same conversation as r0 plus it
+        self.assertEqual(body["choices"][0]["message"]["content"], "The capital of France is Paris.")
+        self.assertEqual(body["usage"]["total_tokens"],
+                         body["usage"]["prompt_tokens"] + body["usage"]["completion_tokens"])
+
+    def test_text_and_chat_flag(self):
+        run(["--input", write_lines("t.txt", ["What is the capital of France?", "", "Name a fruit."]),
+             "--output", path("t.out"), "--chat", "--max-tokens", "24"])
+        out = by_id(records("t.out"))
+        self.assertEqual(sorted(out), ["1", "3"])  # line numbers; the blank line is no prompt
+        self.assertEqual(out["1"]["completion"], "The capital of France is Paris.")
+
+    def test_bad_lines_and_overlong_prompt(self):
+        lines = jsonl(PROMPTS[:2]) + ['{"id": "bad", "prompt": 7}', "{not json", json.dumps(
+            {"id": "long", "prompt": "word " * 9000})] + jsonl(PROMPTS[2:3], ["r2"])
+        p = run(["--input", write_lines("bad.jsonl", lines), "--output", path("bad.out"), "--max-tokens", "24"])
+        self.assertIn(":3:", p.stderr)  # each bad line named by its number
+        self.assertIn(":4:", p.stderr)
+        out = by_id(records("bad.out"))
+        for i in ("r0", "r1", "r2"):
+            self.assertEqual(out[i]["completion"], self.reference[i]["completion"])
+        self.assertIn("error", out["bad"])
+        self.assertIn("context", out["long"]["error"]["message"])
+
+    def test_preemption_same_outputs(self):
+        # 5 blocks of 16 tokens for 8 requests of ~20 + 24 tokens: they queue, and grow into each other
+        inp = write_lines("pre.jsonl", jsonl(PROMPTS))
+        p = run(["--input", inp, "--output", path("pre.out"), "--max-tokens", "24", "--kv-budget", "2M"])
+        out = by_id(records("pre.out"))
+        for i, r in self.reference.items():
+            self.assertEqual(out[i]["completion"], r["completion"], i)
+        m = p.stderr.split("preemptions")[0].split()[-1]
+        self.assertGreater(int(m), 0, p.stderr)
+
+    def test_resume_after_kill(self):
+        prompts = PROMPTS * 3
+        ids = [f"k{i}" for i in range(len(prompts))]
+        inp = write_lines("kill.jsonl", jsonl(prompts, ids))
+        full = path("kill-full.out")
+        run(["--input", inp, "--output", full, "--max-tokens", "24", "--batch", "2"])
+        cmd = [TANDEM, "generate", "--model", MODEL, "--temperature", "0", "--quiet", "--input", inp,
+               "--output", path("kill.out"), "--max-tokens", "24", "--batch", "2"]
+        proc = subprocess.Popen(cmd, stderr=subprocess.DEVNULL)
+        deadline = time.time() + 300
+        while time.time() < deadline:
+            if os.path.exists(path("kill.out")) and open(path("kill.out"), "rb").read().count(b"\n") >= 4:
+                break
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        with open(path("kill.out"), "ab") as f:  # as if killed mid-write: a partial last line
+            f.write(b'{"id": "k99", "compl')
+        run(["--input", inp, "--output", path("kill.out"), "--max-tokens", "24", "--batch", "2", "--resume"])
+        want = by_id(json.loads(line) for line in open(full, encoding="utf-8"))
+        got = by_id(records("kill.out"))  # by_id fails on a duplicate id
+        self.assertEqual(sorted(got), sorted(ids))
+        for i in ids:
+            self.assertEqual(got[i]["completion"], want[i]["completion"], i)
+
+    def test_usage_errors(self):
+        p = subprocess.run([TANDEM, "generate", "--help"], capture_output=True, text=True)
+        self.assertEqual(p.returncode, 0)
+        self.assertIn("--input", p.stdout)
+        p = subprocess.run([TANDEM, "generate", "--bogus"], capture_output=True, text=True)
+        self.assertEqual(p.returncode, 1)
+        self.assertIn("--bogus", p.stderr)
+        p = subprocess.run([TANDEM, "generate", "--input", "x", "--output", "y", "--top-k", "nope"],
+                           capture_output=True, text=True)
+        self.assertEqual(p.returncode, 1)
+        self.assertIn("top-k", p.stderr)
+        p = subprocess.run([TANDEM, "generate", "--input", path("missing.jsonl"), "--output", path("m.out")],
+                           capture_output=True, text=True)
+        self.assertEqual(p.returncode, 2)
+        self.assertIn("missing.jsonl", p.stderr)
+        p = subprocess.run([TANDEM, "nope"], capture_output=True, text=True)
+        self.assertEqual(p.returncode, 1)
+
+
+if __name__ == "__main__":
+    unittest.main(verbosity=2)
