@@ -273,7 +273,8 @@ enum {
     OPT_KV,
     OPT_FSYNC,
     OPT_QUIET,
-    OPT_HELP
+    OPT_HELP,
+    OPT_IGNORE_EOS,
 };
 
 static int cmd_generate(int argc, char **argv) {
@@ -300,6 +301,7 @@ static int cmd_generate(int argc, char **argv) {
         {"fsync", no_argument, 0, OPT_FSYNC},
         {"quiet", no_argument, 0, OPT_QUIET},
         {"help", no_argument, 0, OPT_HELP},
+        {"ignore-eos", no_argument, 0, OPT_IGNORE_EOS},
         {0, 0, 0, 0},
     };
     tandem_config cfg;
@@ -338,6 +340,7 @@ static int cmd_generate(int argc, char **argv) {
         case OPT_KV: ok = parse_size(optarg, &cfg.kv_budget_bytes); break;
         case OPT_FSYNC: fsync_each = true; break;
         case OPT_QUIET: quiet = true; break;
+        case OPT_IGNORE_EOS: samp.ignore_eos = 1; break;
         case OPT_HELP: usage_generate(stdout); return 0;
         default:
             fprintf(stderr, "tandem generate: unknown or incomplete option '%s' (see tandem generate --help)\n",
@@ -368,7 +371,7 @@ static int cmd_generate(int argc, char **argv) {
         return EXIT_FAILED;
     }
     int rc = EXIT_FAILED;
-    double t0 = now_s();
+    double t0 = now_s(), t_run = 0;
     bool tty = false;
     batch_reader *rd = NULL;
     batch_writer *w = NULL;
@@ -411,7 +414,8 @@ static int cmd_generate(int argc, char **argv) {
     tandem_callbacks cb = {.on_finish = on_finish, .user_data = &R};
     int inflight = 0, busy = 1;
     bool eof = false;
-    double t_run = now_s(), t_print = t_run;
+    double t_print = now_s();
+    t_run = t_print;
     while (!R.io_failed && (!eof || busy)) {
         /* keep the scheduler fed, not the whole file in memory */
         while (!eof && inflight < max_inflight) {
@@ -511,18 +515,19 @@ out:
     if (e) {
         tandem_stats stats = {.struct_size = sizeof stats};
         if (R.e && tandem_engine_stats(e, &stats) == TANDEM_OK) {
-            double wall = now_s() - t0;
+            double wall = now_s() - t0, ran = t_run > 0 ? now_s() - t_run : 0;
             if (tty)
                 fprintf(stderr, "\n");
             fprintf(stderr,
                     "tandem: %llu requests done, %llu failed, %llu skipped (already in output), %llu bad lines; "
-                    "%llu prompt + %llu generated tokens in %.1f s (%.0f prompt tok/s, %.0f generated tok/s); "
-                    "%llu preemptions; peak KV %.1f MiB of %.1f MiB\n",
+                    "%llu prompt + %llu generated tokens in %.1f s (%.0f prompt tok/s, %.0f generated tok/s; "
+                    "%.1f s after loading: %.0f generated tok/s); %llu preemptions; peak KV %.1f MiB of %.1f MiB\n",
                     (unsigned long long)R.done, (unsigned long long)R.failed, (unsigned long long)R.skipped,
                     (unsigned long long)R.bad, (unsigned long long)stats.prompt_tokens,
                     (unsigned long long)stats.generated_tokens, wall, stats.prompt_tokens / (wall > 0 ? wall : 1),
-                    stats.generated_tokens / (wall > 0 ? wall : 1), (unsigned long long)stats.preemptions,
-                    stats.kv_bytes_peak / 1048576.0, stats.kv_bytes_total / 1048576.0);
+                    stats.generated_tokens / (wall > 0 ? wall : 1), ran, stats.generated_tokens / (ran > 0 ? ran : 1),
+                    (unsigned long long)stats.preemptions, stats.kv_bytes_peak / 1048576.0,
+                    stats.kv_bytes_total / 1048576.0);
         }
     }
     tandem_engine_close(e); /* frees the requests still in flight */
