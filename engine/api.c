@@ -104,6 +104,13 @@ static tandem_status open_parts(tandem_engine *e) {
                     c->device == TANDEM_DEVICE_CUDA ? "cuda" : "emu");
     if (c->device != TANDEM_DEVICE_AUTO && c->device != TANDEM_DEVICE_CPU)
         return fail(e, TANDEM_ERR_INVALID_ARGUMENT, "config: unknown device %d", (int)c->device);
+    if (c->mode != TANDEM_MODE_AUTO)
+        return (unsigned)c->mode <= TANDEM_MODE_HYBRID
+                   ? fail(e, TANDEM_ERR_UNSUPPORTED, "config: mode %s needs a device; the CPU alone runs mode auto",
+                          c->mode == TANDEM_MODE_DEVICE     ? "device"
+                          : c->mode == TANDEM_MODE_CPU_ATTN ? "cpu-attn"
+                                                            : "hybrid")
+                   : fail(e, TANDEM_ERR_INVALID_ARGUMENT, "config: unknown mode %d", (int)c->mode);
     if (c->threads < 0 || c->max_batch < 0 || c->step_tokens < 0)
         return fail(e, TANDEM_ERR_INVALID_ARGUMENT, "config: threads %d, max_batch %d, step_tokens %d must be >= 0",
                     c->threads, c->max_batch, c->step_tokens);

@@ -92,6 +92,16 @@ typedef enum tandem_device {
     TANDEM_DEVICE_EMU = 3,  /* the emulated device: not available yet */
 } tandem_device;
 
+/* Where attention runs (issue 6): all on the device, all decode attention
+ * on the CPU next to a host KV cache, or split by a plan. Needs a device:
+ * with the CPU alone only TANDEM_MODE_AUTO applies. */
+typedef enum tandem_mode {
+    TANDEM_MODE_AUTO = 0,
+    TANDEM_MODE_DEVICE = 1,
+    TANDEM_MODE_CPU_ATTN = 2,
+    TANDEM_MODE_HYBRID = 3,
+} tandem_mode;
+
 typedef struct tandem_config {
     size_t struct_size;     /* sizeof(tandem_config), set by tandem_config_init */
     const char *model_path; /* GGUF file; NULL: $TANDEM_MODEL, else the default model (scripts/fetch-model) */
@@ -101,6 +111,7 @@ typedef struct tandem_config {
     int step_tokens;        /* tokens per step (decodes + prompt chunks); 0: 2048 */
     tandem_weights weights;
     tandem_device device;
+    tandem_mode mode;
     const char *chat_template; /* NULL: the model's (tokenizer.chat_template); or "chatml", "llama3",
                                 * "llama2", "mistral", "mistral-v0.1" */
 } tandem_config;

@@ -55,6 +55,13 @@ static void test_open_errors(void) {
     CU_ASSERT(strstr(tandem_engine_errmsg(e), "cuda") != NULL);
     tandem_engine_close(e);
 
+    tandem_config_init(&c);
+    c.model_path = TD_TEST_MODEL;
+    c.mode = TANDEM_MODE_HYBRID;
+    CU_ASSERT_EQUAL(tandem_engine_open(&c, &e), TANDEM_ERR_UNSUPPORTED);
+    CU_ASSERT(strstr(tandem_engine_errmsg(e), "hybrid") != NULL);
+    tandem_engine_close(e);
+
     memset(&c, 0, sizeof c); /* no tandem_config_init */
     CU_ASSERT_EQUAL(tandem_engine_open(&c, &e), TANDEM_ERR_INVALID_ARGUMENT);
     CU_ASSERT(strstr(tandem_engine_errmsg(e), "struct_size") != NULL);
