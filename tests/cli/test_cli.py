@@ -45,7 +45,10 @@ def jsonl(prompts, ids=None):
 
 
 def run(args, check=True, **kw):
-    cmd = [TANDEM, "generate", "--model", MODEL, "--temperature", "0", "--quiet"] + args
+    # a small KV pool unless the test sets one: the default (a quarter of RAM, up to 4 GiB) is
+    # faulted in at start, seconds per run on a loaded CI machine
+    budget = [] if "--kv-budget" in args else ["--kv-budget", "256M"]
+    cmd = [TANDEM, "generate", "--model", MODEL, "--temperature", "0", "--quiet"] + budget + args
     p = subprocess.run(cmd, capture_output=True, text=True, timeout=600, **kw)
     if check and p.returncode != 0:
         raise AssertionError(f"{cmd} exited {p.returncode}: {p.stderr}")
@@ -136,20 +139,23 @@ class Cli(unittest.TestCase):
         inp = write_lines("kill.jsonl", jsonl(prompts, ids))
         full = path("kill-full.out")
         run(["--input", inp, "--output", full, "--max-tokens", "24", "--batch", "2"])
-        cmd = [TANDEM, "generate", "--model", MODEL, "--temperature", "0", "--quiet", "--input", inp,
-               "--output", path("kill.out"), "--max-tokens", "24", "--batch", "2"]
+        cmd = [TANDEM, "generate", "--model", MODEL, "--temperature", "0", "--quiet", "--kv-budget", "256M",
+               "--input", inp, "--output", path("kill.out"), "--max-tokens", "24", "--batch", "2"]
         proc = subprocess.Popen(cmd, stderr=subprocess.DEVNULL)
         deadline = time.time() + 300
         while time.time() < deadline:
-            if os.path.exists(path("kill.out")) and open(path("kill.out"), "rb").read().count(b"\n") >= 4:
-                break
+            if os.path.exists(path("kill.out")):
+                with open(path("kill.out"), "rb") as f:
+                    if f.read().count(b"\n") >= 4:
+                        break
             time.sleep(0.05)
         proc.send_signal(signal.SIGKILL)
         proc.wait()
         with open(path("kill.out"), "ab") as f:  # as if killed mid-write: a partial last line
             f.write(b'{"id": "k99", "compl')
         run(["--input", inp, "--output", path("kill.out"), "--max-tokens", "24", "--batch", "2", "--resume"])
-        want = by_id(json.loads(line) for line in open(full, encoding="utf-8"))
+        with open(full, encoding="utf-8") as f:
+            want = by_id([json.loads(line) for line in f])
         got = by_id(records("kill.out"))  # by_id fails on a duplicate id
         self.assertEqual(sorted(got), sorted(ids))
         for i in ids:
