@@ -37,9 +37,11 @@ struct td_linear {
 };
 
 static tandem_status dnnl_fail(td_error *err, dnnl_status_t s, const char *what) {
-    tandem_status st = s == dnnl_out_of_memory   ? TANDEM_ERR_OUT_OF_MEMORY
-                       : s == dnnl_unimplemented ? TANDEM_ERR_UNSUPPORTED
-                                                 : TANDEM_ERR_INTERNAL;
+    tandem_status st = TANDEM_ERR_INTERNAL;
+    if (s == dnnl_out_of_memory)
+        st = TANDEM_ERR_OUT_OF_MEMORY;
+    else if (s == dnnl_unimplemented) /* no oneDNN kernel for this shape or type on this CPU */
+        st = TANDEM_ERR_UNSUPPORTED;
     return td_fail(err, st, "linear: oneDNN %s failed (dnnl status %d)", what, (int)s);
 }
 

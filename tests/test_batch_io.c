@@ -44,17 +44,8 @@ static FILE *input_n(const char *data, size_t n) {
 static FILE *input(const char *data) { return input_n(data, strlen(data)); }
 
 static char *read_file(const char *path, size_t *n) {
-    FILE *f = fopen(path, "rb");
-    CU_ASSERT_FATAL(f != NULL);
-    fseek(f, 0, SEEK_END);
-    long len = ftell(f);
-    rewind(f);
-    char *s = malloc((size_t)len + 1);
-    CU_ASSERT_FATAL(fread(s, 1, (size_t)len, f) == (size_t)len);
-    s[len] = '\0';
-    fclose(f);
-    if (n)
-        *n = (size_t)len;
+    char *s = td_test_read_file(path, n);
+    CU_ASSERT_FATAL(s != NULL);
     return s;
 }
 

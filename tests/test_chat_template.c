@@ -30,32 +30,10 @@ static const char smollm_system[] = "You are a helpful AI assistant named SmolLM
 
 /* ---- helpers ------------------------------------------------------------------ */
 
-static char *slurp(const char *path, size_t *n) {
-    FILE *f = fopen(path, "rb");
-    if (!f)
-        return NULL;
-    char *b = NULL;
-    if (fseek(f, 0, SEEK_END) == 0) {
-        long sz = ftell(f);
-        rewind(f);
-        b = sz >= 0 ? malloc((size_t)sz + 1) : NULL;
-        if (b && fread(b, 1, (size_t)sz, f) != (size_t)sz) {
-            free(b);
-            b = NULL;
-        }
-        if (b) {
-            b[sz] = '\0';
-            *n = (size_t)sz;
-        }
-    }
-    fclose(f);
-    return b;
-}
-
 static char *data_file(const char *name, size_t *n) {
     char path[512];
     snprintf(path, sizeof path, "%s/%s", TD_CHAT_DATA, name);
-    char *s = slurp(path, n);
+    char *s = td_test_read_file(path, n);
     if (!s)
         fprintf(stderr, "\n  cannot read %s\n", path);
     CU_ASSERT_PTR_NOT_NULL_FATAL(s);
@@ -149,7 +127,7 @@ static size_t unhex(const char *h, char *out) {
 
 static void test_oracle_vectors(void) {
     size_t size;
-    char *text = slurp(TD_CHAT_VECTORS, &size);
+    char *text = td_test_read_file(TD_CHAT_VECTORS, &size);
     if (!text)
         fprintf(stderr, "\n  cannot read %s (run the chat_template_vectors fixture)\n", TD_CHAT_VECTORS);
     CU_ASSERT_PTR_NOT_NULL_FATAL(text);

@@ -141,21 +141,53 @@ static const char *const PROMPTS[] = {
 };
 #define N_PROMPTS (int32_t)(sizeof PROMPTS / sizeof *PROMPTS)
 
-/* Runs the prompts with params p (seed + i for prompt i) through
- * td_generate; fills seqs (caller frees). */
-static void run(const td_gen_params *p, int32_t step_tokens, size_t kv_budget, int32_t n, td_gen_seq *seqs) {
-    td_error err;
+/* A KV cache, a forward context and (when max_batch > 0) a scheduler over
+ * them, for the model under test. */
+typedef struct rig {
+    td_kv_cache *kv;
+    td_forward *fw;
+    td_sched *sched;
+} rig;
+
+static rig rig_open(size_t kv_budget, int32_t max_seqs, int32_t step_tokens, int32_t max_batch) {
     td_kv_config kc = {.n_layers = M->cfg.n_layers,
                        .n_kv_heads = M->cfg.n_kv_heads,
                        .head_dim = M->cfg.head_dim,
                        .dtype = TD_DTYPE_BF16,
                        .budget_bytes = kv_budget,
-                       .max_seqs = n,
+                       .max_seqs = max_seqs,
                        .max_seq_tokens = 1024};
-    td_kv_cache *kv = NULL;
-    td_forward *fw = NULL;
-    TD_ASSERT_OK(td_kv_create(&kc, &kv, &err), &err);
-    TD_ASSERT_OK(td_forward_create(M, step_tokens, 0, &fw, &err), &err);
+    rig r = {0};
+    td_error err;
+    TD_ASSERT_OK(td_kv_create(&kc, &r.kv, &err), &err);
+    TD_ASSERT_OK(td_forward_create(M, step_tokens, 0, &r.fw, &err), &err);
+    if (max_batch > 0) {
+        td_sched_config sc = {.max_batch = max_batch, .step_tokens = step_tokens};
+        TD_ASSERT_OK(td_sched_create(r.fw, r.kv, &sc, &r.sched, &err), &err);
+    }
+    return r;
+}
+
+static void rig_close(rig *r) {
+    CU_ASSERT_EQUAL(td_kv_live_seqs(r->kv), 0); /* every finished sequence freed its blocks */
+    td_sched_destroy(r->sched);
+    td_forward_destroy(r->fw);
+    td_kv_destroy(r->kv);
+}
+
+/* Bytes of one KV block of the model (16 tokens). */
+static size_t block_bytes(void) {
+    rig r = rig_open(1 << 20, 1, 16, 0);
+    size_t b = td_kv_get_layout(r.kv)->block_bytes;
+    rig_close(&r);
+    return b;
+}
+
+/* Runs the prompts with params p (seed + i for prompt i) through
+ * td_generate; fills seqs (caller frees). */
+static void run(const td_gen_params *p, int32_t step_tokens, size_t kv_budget, int32_t n, td_gen_seq *seqs) {
+    td_error err;
+    rig r = rig_open(kv_budget, n, step_tokens, 0);
     for (int32_t i = 0; i < n; i++) {
         int32_t ids[256];
         int32_t k = tokenize(PROMPTS[i % N_PROMPTS], ids, 256);
@@ -163,10 +195,8 @@ static void run(const td_gen_params *p, int32_t step_tokens, size_t kv_budget, i
         q.sampling.seed = p->sampling.seed + (uint64_t)(i % N_PROMPTS);
         TD_ASSERT_OK(td_gen_seq_init(&seqs[i], T, ids, k, &q, &err), &err);
     }
-    TD_ASSERT_OK(td_generate(fw, kv, seqs, n, step_tokens, &err), &err);
-    CU_ASSERT_EQUAL(td_kv_live_seqs(kv), 0); /* every finished sequence freed its blocks */
-    td_forward_destroy(fw);
-    td_kv_destroy(kv);
+    TD_ASSERT_OK(td_generate(r.fw, r.kv, seqs, n, step_tokens, &err), &err);
+    rig_close(&r);
 }
 
 static void free_all(td_gen_seq *s, int32_t n) {
@@ -246,20 +276,8 @@ static void test_kv_full_fails_alone(void) {
     params(&p, 8);
     /* room for 2 blocks of 16 tokens: the short prompts fit (one or two at
      * a time), the chat prompt (37 tokens) never does */
-    td_kv_config kc = {.n_layers = M->cfg.n_layers,
-                       .n_kv_heads = M->cfg.n_kv_heads,
-                       .head_dim = M->cfg.head_dim,
-                       .dtype = TD_DTYPE_BF16,
-                       .budget_bytes = 1 << 20,
-                       .max_seqs = 1,
-                       .max_seq_tokens = 64};
-    td_kv_cache *probe = NULL;
-    td_error err;
-    TD_ASSERT_OK(td_kv_create(&kc, &probe, &err), &err);
-    size_t block = td_kv_get_layout(probe)->block_bytes;
-    td_kv_destroy(probe);
     td_gen_seq s[N_PROMPTS];
-    run(&p, 512, 2 * block, N_PROMPTS, s);
+    run(&p, 512, 2 * block_bytes(), N_PROMPTS, s);
     CU_ASSERT_EQUAL(s[0].finish, TD_FINISH_ERROR);
     CU_ASSERT_EQUAL(s[0].error.status, TANDEM_ERR_KV_FULL);
     CU_ASSERT_EQUAL(s[3].finish, TD_FINISH_LENGTH); /* "Once upon" fits */
@@ -288,20 +306,8 @@ static void on_finish(void *user, td_gen_seq *seq) {
 static td_sched_stats sched_run(const td_gen_params *p, int32_t max_batch, int32_t step_tokens, size_t kv_budget,
                                 int32_t n, td_gen_seq *seqs, counts *cn) {
     td_error err;
-    td_kv_config kc = {.n_layers = M->cfg.n_layers,
-                       .n_kv_heads = M->cfg.n_kv_heads,
-                       .head_dim = M->cfg.head_dim,
-                       .dtype = TD_DTYPE_BF16,
-                       .budget_bytes = kv_budget,
-                       .max_seqs = n,
-                       .max_seq_tokens = 1024};
-    td_kv_cache *kv = NULL;
-    td_forward *fw = NULL;
-    td_sched *s = NULL;
-    TD_ASSERT_OK(td_kv_create(&kc, &kv, &err), &err);
-    TD_ASSERT_OK(td_forward_create(M, step_tokens, 0, &fw, &err), &err);
-    td_sched_config sc = {.max_batch = max_batch, .step_tokens = step_tokens};
-    TD_ASSERT_OK(td_sched_create(fw, kv, &sc, &s, &err), &err);
+    rig r = rig_open(kv_budget, n, step_tokens, max_batch);
+    td_sched *s = r.sched;
     memset(cn, 0, sizeof *cn);
     cn->base = seqs;
     for (int32_t i = 0; i < n; i++) {
@@ -313,27 +319,8 @@ static td_sched_stats sched_run(const td_gen_params *p, int32_t max_batch, int32
     td_sched_callbacks cb = {.on_token = on_token, .on_finish = on_finish, .user = cn};
     TD_ASSERT_OK(td_sched_run(s, &cb, &err), &err);
     td_sched_stats st = *td_sched_get_stats(s);
-    CU_ASSERT_EQUAL(td_kv_live_seqs(kv), 0);
-    td_sched_destroy(s);
-    td_forward_destroy(fw);
-    td_kv_destroy(kv);
+    rig_close(&r);
     return st;
-}
-
-static size_t block_bytes(void) {
-    td_kv_config kc = {.n_layers = M->cfg.n_layers,
-                       .n_kv_heads = M->cfg.n_kv_heads,
-                       .head_dim = M->cfg.head_dim,
-                       .dtype = TD_DTYPE_BF16,
-                       .budget_bytes = 1 << 20,
-                       .max_seqs = 1,
-                       .max_seq_tokens = 64};
-    td_kv_cache *probe = NULL;
-    td_error err;
-    TD_ASSERT_OK(td_kv_create(&kc, &probe, &err), &err);
-    size_t b = td_kv_get_layout(probe)->block_bytes;
-    td_kv_destroy(probe);
-    return b;
 }
 
 /* A pool too small for all the prompts at once: requests wait, and the ones
@@ -383,20 +370,8 @@ static void test_batch_limit(void) {
 static void test_overlong_prompt(void) {
     setup();
     td_error err;
-    td_kv_config kc = {.n_layers = M->cfg.n_layers,
-                       .n_kv_heads = M->cfg.n_kv_heads,
-                       .head_dim = M->cfg.head_dim,
-                       .dtype = TD_DTYPE_BF16,
-                       .budget_bytes = (size_t)64 << 20,
-                       .max_seqs = 2,
-                       .max_seq_tokens = 1024};
-    td_kv_cache *kv = NULL;
-    td_forward *fw = NULL;
-    td_sched *s = NULL;
-    TD_ASSERT_OK(td_kv_create(&kc, &kv, &err), &err);
-    TD_ASSERT_OK(td_forward_create(M, 64, 0, &fw, &err), &err);
-    td_sched_config sc = {.max_batch = 2, .step_tokens = 64};
-    TD_ASSERT_OK(td_sched_create(fw, kv, &sc, &s, &err), &err);
+    rig r = rig_open((size_t)64 << 20, 2, 64, 2);
+    td_sched *s = r.sched;
     int32_t *ids = malloc((size_t)M->cfg.n_ctx * sizeof *ids), n_ok;
     for (int32_t i = 0; i < M->cfg.n_ctx; i++)
         ids[i] = 28;
@@ -417,9 +392,7 @@ static void test_overlong_prompt(void) {
     CU_ASSERT_EQUAL(td_sched_get_stats(s)->failed, 1);
     free(ids);
     free_all(q, 2);
-    td_sched_destroy(s);
-    td_forward_destroy(fw);
-    td_kv_destroy(kv);
+    rig_close(&r);
 }
 
 /* Cancelling a running and a queued request: each finishes once, as
@@ -427,20 +400,8 @@ static void test_overlong_prompt(void) {
 static void test_cancel(void) {
     setup();
     td_error err;
-    td_kv_config kc = {.n_layers = M->cfg.n_layers,
-                       .n_kv_heads = M->cfg.n_kv_heads,
-                       .head_dim = M->cfg.head_dim,
-                       .dtype = TD_DTYPE_BF16,
-                       .budget_bytes = (size_t)64 << 20,
-                       .max_seqs = 4,
-                       .max_seq_tokens = 1024};
-    td_kv_cache *kv = NULL;
-    td_forward *fw = NULL;
-    td_sched *s = NULL;
-    TD_ASSERT_OK(td_kv_create(&kc, &kv, &err), &err);
-    TD_ASSERT_OK(td_forward_create(M, 256, 0, &fw, &err), &err);
-    td_sched_config sc = {.max_batch = 2, .step_tokens = 256};
-    TD_ASSERT_OK(td_sched_create(fw, kv, &sc, &s, &err), &err);
+    rig r = rig_open((size_t)64 << 20, 4, 256, 2);
+    td_sched *s = r.sched;
     td_gen_params p;
     params(&p, 16);
     p.ignore_eos = true;
@@ -472,11 +433,8 @@ static void test_cancel(void) {
     }
     for (int i = 0; i < 4; i++)
         CU_ASSERT_EQUAL(c.finished[i], 1);
-    CU_ASSERT_EQUAL(td_kv_live_seqs(kv), 0);
     free_all(q, 4);
-    td_sched_destroy(s);
-    td_forward_destroy(fw);
-    td_kv_destroy(kv);
+    rig_close(&r);
 }
 
 void td_test_register(void) {

@@ -30,28 +30,6 @@
 
 /* ---- helpers ---------------------------------------------------------------- */
 
-static char *slurp(const char *path, size_t *n) {
-    FILE *f = fopen(path, "rb");
-    if (!f)
-        return NULL;
-    char *b = NULL;
-    if (fseek(f, 0, SEEK_END) == 0) {
-        long sz = ftell(f);
-        rewind(f);
-        b = malloc((size_t)sz + 1);
-        if (b && fread(b, 1, (size_t)sz, f) != (size_t)sz) {
-            free(b);
-            b = NULL;
-        }
-        if (b) {
-            b[sz] = '\0';
-            *n = (size_t)sz;
-        }
-    }
-    fclose(f);
-    return b;
-}
-
 static td_tokenizer *load_file(const char *path) {
     td_gguf *g = NULL;
     td_tokenizer *t = NULL;
@@ -303,7 +281,7 @@ static int run_llama_cpp_vectors(const char *name, unsigned detok_flags) {
     snprintf(ip, sizeof ip, "%s.inp", path);
     snprintf(op, sizeof op, "%s.out", path);
     size_t ni, no;
-    char *in = slurp(ip, &ni), *out = slurp(op, &no);
+    char *in = td_test_read_file(ip, &ni), *out = td_test_read_file(op, &no);
     CU_ASSERT_PTR_NOT_NULL_FATAL(in);
     CU_ASSERT_PTR_NOT_NULL_FATAL(out);
     td_tokenizer *t = load_file(path);

@@ -6,6 +6,7 @@
 #include <math.h>
 #include <stdint.h>
 #include <stdio.h>
+#include <stdlib.h>
 
 #include "base/error.h"
 
@@ -55,5 +56,29 @@ static inline int32_t td_rng_int(td_rng *r, int32_t lo, int32_t hi) {
     } while (0)
 
 #define TD_ASSERT_OK(call, errp) TD_ASSERT_STATUS(TANDEM_OK, call, errp)
+
+/* The whole file at path, NUL-terminated (malloc'ed; *n, if not NULL, gets
+ * its length); NULL when it cannot be read. */
+static inline char *td_test_read_file(const char *path, size_t *n) {
+    if (n)
+        *n = 0;
+    FILE *f = fopen(path, "rb");
+    if (!f)
+        return NULL;
+    char *b = NULL;
+    long sz = fseek(f, 0, SEEK_END) == 0 ? ftell(f) : -1;
+    if (sz >= 0 && fseek(f, 0, SEEK_SET) == 0 && (b = malloc((size_t)sz + 1)) &&
+        fread(b, 1, (size_t)sz, f) != (size_t)sz) {
+        free(b);
+        b = NULL;
+    }
+    if (b) {
+        b[sz] = '\0';
+        if (n)
+            *n = (size_t)sz;
+    }
+    fclose(f);
+    return b;
+}
 
 #endif /* TD_TESTS_TEST_UTIL_H */
