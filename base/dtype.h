@@ -10,6 +10,10 @@
 #include <stdint.h>
 #include <string.h>
 
+#ifdef __cplusplus
+extern "C" {
+#endif
+
 typedef enum td_dtype {
     TD_DTYPE_F32 = 0,
     TD_DTYPE_F16 = 1,
@@ -59,5 +63,9 @@ static inline float td_f16_to_f32(uint16_t h) {
 }
 
 uint16_t td_f32_to_f16(float f);
+
+#ifdef __cplusplus
+}
+#endif
 
 #endif /* TD_BASE_DTYPE_H */

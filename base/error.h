@@ -10,6 +10,10 @@
 
 #include "tandem.h"
 
+#ifdef __cplusplus
+extern "C" {
+#endif
+
 #define TD_ERROR_MSG_MAX 256
 
 typedef struct td_error {
@@ -29,5 +33,9 @@ tandem_status td_fail(td_error *err, tandem_status status, const char *fmt, ...)
 
 /* Resets err to TANDEM_OK with an empty message. */
 void td_error_clear(td_error *err);
+
+#ifdef __cplusplus
+}
+#endif
 
 #endif /* TD_BASE_ERROR_H */

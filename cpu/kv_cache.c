@@ -23,6 +23,7 @@ typedef struct seq_slot {
 struct td_kv_cache {
     td_kv_layout layout;
     uint8_t *pool;
+    bool external;     /* pool is the caller's (td_kv_config.pool) */
     size_t pool_bytes; /* n_blocks * block_bytes */
     int32_t n_blocks;
     int32_t *free_blocks; /* stack */
@@ -110,7 +111,8 @@ tandem_status td_kv_create(const td_kv_config *cfg, td_kv_cache **out, td_error 
         goto fail;
     }
     kv->pool_bytes = n_blocks * l.block_bytes;
-    kv->pool = td_host_map(kv->pool_bytes, cfg->n_threads);
+    kv->external = cfg->pool != NULL;
+    kv->pool = kv->external ? cfg->pool : td_host_map(kv->pool_bytes, cfg->n_threads);
     if (!kv->pool) {
         st = td_fail(err, TANDEM_ERR_OUT_OF_MEMORY, "kv: cannot map a pool of %zu bytes (%zu blocks of %zu bytes)",
                      kv->pool_bytes, n_blocks, l.block_bytes);
@@ -137,7 +139,7 @@ void td_kv_destroy(td_kv_cache *kv) {
     if (kv->slots)
         for (int32_t i = 0; i < kv->max_seqs; i++)
             free(kv->slots[i].blocks);
-    if (kv->pool)
+    if (kv->pool && !kv->external)
         td_host_unmap(kv->pool, kv->pool_bytes);
     free(kv->slots);
     free(kv->free_slots);
@@ -150,7 +152,9 @@ const uint8_t *td_kv_pool(const td_kv_cache *kv) { return kv->pool; }
 int32_t td_kv_n_blocks(const td_kv_cache *kv) { return kv->n_blocks; }
 int32_t td_kv_free_blocks(const td_kv_cache *kv) { return kv->n_free; }
 int32_t td_kv_live_seqs(const td_kv_cache *kv) { return kv->max_seqs - kv->n_free_slots; }
-size_t td_kv_pool_bytes(const td_kv_cache *kv) { return td_host_map_size(kv->pool_bytes); }
+size_t td_kv_pool_bytes(const td_kv_cache *kv) {
+    return kv->external ? kv->pool_bytes : td_host_map_size(kv->pool_bytes);
+}
 
 /* The live slot an id names, or NULL. */
 static seq_slot *lookup(const td_kv_cache *kv, int32_t seq) {

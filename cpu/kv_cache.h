@@ -39,6 +39,10 @@
 #include "base/dtype.h"
 #include "base/error.h"
 
+#ifdef __cplusplus
+extern "C" {
+#endif
+
 #define TD_KV_DEFAULT_BLOCK_TOKENS 16
 #define TD_KV_MAX_BLOCK_TOKENS 1024
 #define TD_KV_MAX_HEAD_DIM 256
@@ -55,6 +59,12 @@ typedef struct td_kv_config {
     int32_t max_seqs;       /* live sequences at once */
     int32_t max_seq_tokens; /* tokens one sequence may hold (its table's capacity) */
     int32_t n_threads;      /* threads that first-touch the pool; 0: OpenMP default */
+    /* Caller-owned memory of budget_bytes to hold the blocks instead of a
+     * mapping of the cache's own: a device's memory (the cache then keeps
+     * only the bookkeeping, sequences and block tables, and td_kv_write /
+     * td_kv_read / td_kv_append must not be called unless it is host
+     * memory), or a view over blocks someone else fills. NULL: map. */
+    void *pool;
 } td_kv_config;
 
 /* What a kernel needs to find a tile: shape, dtype and strides. */
@@ -88,7 +98,8 @@ const uint8_t *td_kv_pool(const td_kv_cache *kv);
 int32_t td_kv_n_blocks(const td_kv_cache *kv);
 int32_t td_kv_free_blocks(const td_kv_cache *kv);
 int32_t td_kv_live_seqs(const td_kv_cache *kv);
-/* Bytes actually mapped for the pool (block_bytes * n_blocks, rounded up). */
+/* Bytes actually mapped for the pool (block_bytes * n_blocks, rounded up;
+ * block_bytes * n_blocks for a caller's pool). */
 size_t td_kv_pool_bytes(const td_kv_cache *kv);
 
 /* A new empty sequence. TANDEM_ERR_LIMIT when max_seqs are live. */
@@ -122,5 +133,9 @@ tandem_status td_kv_append(td_kv_cache *kv, int32_t seq, const void *k, const vo
  * [head_dim]; either output may be NULL. */
 tandem_status td_kv_read(const td_kv_cache *kv, int32_t seq, int32_t layer, int32_t pos, int32_t n, float *k, float *v,
                          td_error *err);
+
+#ifdef __cplusplus
+}
+#endif
 
 #endif /* TD_CPU_KV_CACHE_H */

@@ -298,3 +298,66 @@ tandem_status td_linear_forward(td_gemm *g, const td_linear *l, int64_t m, const
         s = dnnl_stream_wait(g->stream);
     return s == dnnl_success ? TANDEM_OK : dnnl_fail(err, s, "matmul");
 }
+
+tandem_status td_matmul_bf16(td_gemm *g, const td_matmul *mm, td_error *err) {
+    if (mm->batch < 1 || mm->m < 1 || mm->n < 1 || mm->k < 1)
+        return td_fail(err, TANDEM_ERR_INVALID_ARGUMENT, "matmul: bad shape %lld x %lld x %lld, batch %lld",
+                       (long long)mm->m, (long long)mm->n, (long long)mm->k, (long long)mm->batch);
+    if ((mm->c_dtype != TD_DTYPE_F32 && mm->c_dtype != TD_DTYPE_BF16) ||
+        (mm->accumulate && mm->c_dtype != TD_DTYPE_F32))
+        return td_fail(err, TANDEM_ERR_UNSUPPORTED, "matmul: C of dtype %s%s", td_dtype_name(mm->c_dtype),
+                       mm->accumulate ? " with accumulate" : "");
+    /* A stride of 0 is a batch dimension of 1, which oneDNN broadcasts. */
+    const int64_t B = mm->batch;
+    dnnl_dims_t adims = {mm->stride_a ? B : 1, mm->m, mm->k}, astr = {mm->stride_a, mm->lda, 1};
+    dnnl_dims_t bdims = {mm->stride_b ? B : 1, mm->k, mm->n};
+    dnnl_dims_t bstr = {mm->stride_b, mm->trans_b ? 1 : mm->ldb, mm->trans_b ? mm->ldb : 1};
+    dnnl_dims_t cdims = {B, mm->m, mm->n}, cstr = {mm->stride_c, mm->ldc, 1};
+    dnnl_memory_desc_t amd, bmd, cmd;
+    dnnl_status_t s = dnnl_memory_desc_init_by_strides(&amd, 3, adims, dnnl_bf16, astr);
+    if (s == dnnl_success)
+        s = dnnl_memory_desc_init_by_strides(&bmd, 3, bdims, dnnl_bf16, bstr);
+    if (s == dnnl_success)
+        s = dnnl_memory_desc_init_by_strides(&cmd, 3, cdims, mm->c_dtype == TD_DTYPE_F32 ? dnnl_f32 : dnnl_bf16, cstr);
+    dnnl_matmul_desc_t md;
+    if (s == dnnl_success)
+        s = dnnl_matmul_desc_init(&md, &amd, &bmd, NULL, &cmd);
+    dnnl_primitive_attr_t attr = NULL;
+    dnnl_post_ops_t po = NULL;
+    dnnl_primitive_desc_t pd = NULL;
+    dnnl_primitive_t prim = NULL;
+    dnnl_memory_t ma = NULL, mb = NULL, mc = NULL;
+    if (s == dnnl_success && mm->accumulate) {
+        s = dnnl_primitive_attr_create(&attr);
+        if (s == dnnl_success)
+            s = dnnl_post_ops_create(&po);
+        if (s == dnnl_success)
+            s = dnnl_post_ops_append_sum(po, 1.0f);
+        if (s == dnnl_success)
+            s = dnnl_primitive_attr_set_post_ops(attr, po);
+    }
+    if (s == dnnl_success)
+        s = dnnl_primitive_desc_create(&pd, &md, attr, g->engine, NULL);
+    if (s == dnnl_success)
+        s = dnnl_primitive_create(&prim, pd);
+    if (s == dnnl_success)
+        s = dnnl_memory_create(&ma, &amd, g->engine, (void *)mm->a);
+    if (s == dnnl_success)
+        s = dnnl_memory_create(&mb, &bmd, g->engine, (void *)mm->b);
+    if (s == dnnl_success)
+        s = dnnl_memory_create(&mc, &cmd, g->engine, mm->c);
+    if (s == dnnl_success) {
+        dnnl_exec_arg_t args[3] = {{DNNL_ARG_SRC, ma}, {DNNL_ARG_WEIGHTS, mb}, {DNNL_ARG_DST, mc}};
+        s = dnnl_primitive_execute(prim, g->stream, 3, args);
+    }
+    if (s == dnnl_success)
+        s = dnnl_stream_wait(g->stream);
+    dnnl_memory_destroy(ma);
+    dnnl_memory_destroy(mb);
+    dnnl_memory_destroy(mc);
+    dnnl_primitive_destroy(prim);
+    dnnl_primitive_desc_destroy(pd);
+    dnnl_post_ops_destroy(po);
+    dnnl_primitive_attr_destroy(attr);
+    return s == dnnl_success ? TANDEM_OK : dnnl_fail(err, s, "strided matmul");
+}

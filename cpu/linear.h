@@ -63,4 +63,32 @@ size_t td_linear_bytes(const td_linear *l);
 tandem_status td_linear_forward(td_gemm *g, const td_linear *l, int64_t m, const void *x, float *y, bool accumulate,
                                 td_error *err);
 
+/* A general bf16 GEMM on operands in place (no reorder), for products of
+ * activations and for devices that keep plain matrices (the emulated
+ * device):
+ *
+ *   C[b] (= or +=) A[b] . op(B[b]),  b < batch
+ *
+ * A[b] is [m][k] at a + b * stride_a (rows lda apart); B[b] is [n][k] when
+ * trans_b (C = A B^T) else [k][n], at b + b * stride_b (rows ldb apart); C[b]
+ * is [m][n] of c_dtype (f32 or bf16) at c + b * stride_c (rows ldc apart).
+ * A stride of 0 broadcasts that operand over the batch. fp32 accumulation;
+ * accumulate needs an f32 C. Strides and leading dimensions in elements.
+ * The primitive comes from oneDNN's own primitive cache, so a shape's JIT
+ * cost is paid once per process. */
+typedef struct td_matmul {
+    int64_t batch, m, n, k;
+    const uint16_t *a;
+    int64_t lda, stride_a;
+    const uint16_t *b;
+    int64_t ldb, stride_b;
+    bool trans_b;
+    void *c;
+    int64_t ldc, stride_c;
+    td_dtype c_dtype;
+    bool accumulate;
+} td_matmul;
+
+tandem_status td_matmul_bf16(td_gemm *g, const td_matmul *mm, td_error *err);
+
 #endif /* TD_CPU_LINEAR_H */

@@ -13,6 +13,7 @@
 #include "engine/model.h"
 #include "engine/scheduler.h"
 #include "engine/tokenizer.h"
+#include "gpu/device.h"
 #include "tandem.h"
 
 #ifndef TANDEM_DEFAULT_MODEL
@@ -27,8 +28,11 @@ struct tandem_engine {
     tandem_config cfg;
     td_model *model;
     td_tokenizer *tok;
+    td_device *dev; /* NULL: the CPU */
+    void *kv_pool;  /* the KV pool in dev's memory */
     td_kv_cache *kv;
     td_forward *fw;
+    char where[TD_ERROR_MSG_MAX + 64]; /* tandem_engine_device */
     td_sched *sched;
     td_chat_template chat;           /* family TD_CHAT_UNKNOWN when none */
     char chat_why[TD_ERROR_MSG_MAX]; /* why there is none */
@@ -93,24 +97,49 @@ static size_t default_kv_budget(void) {
     return quarter < DEFAULT_KV_CAP ? quarter : DEFAULT_KV_CAP;
 }
 
+/* The device the config asks for; on AUTO, a CUDA device or the CPU, and
+ * where tandem_engine_device will say why. */
+static tandem_status open_device(tandem_engine *e) {
+    const tandem_config *c = &e->cfg;
+    if (c->device == TANDEM_DEVICE_CPU) {
+        snprintf(e->where, sizeof e->where, "cpu");
+        return TANDEM_OK;
+    }
+    td_device_config dc;
+    td_device_config_default(&dc);
+    dc.kind = c->device == TANDEM_DEVICE_EMU ? TD_DEVICE_KIND_EMU : TD_DEVICE_KIND_CUDA;
+    dc.emu_threads = c->threads;
+    td_error de;
+    tandem_status st = td_device_open(&dc, &e->dev, &de);
+    if (st != TANDEM_OK) {
+        if (c->device != TANDEM_DEVICE_AUTO)
+            return fail(e, st, "device %s: %s", c->device == TANDEM_DEVICE_EMU ? "emu" : "cuda", de.msg);
+        if (c->mode != TANDEM_MODE_AUTO)
+            return fail(e, st, "mode device: no device (%s)", de.msg);
+        snprintf(e->where, sizeof e->where, "cpu (%s)", de.msg);
+        return TANDEM_OK;
+    }
+    snprintf(e->where, sizeof e->where, "%s: %s, mode device", e->dev->info.backend, e->dev->info.name);
+    return TANDEM_OK;
+}
+
 static tandem_status open_parts(tandem_engine *e) {
     tandem_config *c = &e->cfg;
     td_error *err = &e->err;
     if (c->struct_size < sizeof(tandem_config))
         return fail(e, TANDEM_ERR_INVALID_ARGUMENT, "config: struct_size %zu (call tandem_config_init first)",
                     c->struct_size);
-    if (c->device == TANDEM_DEVICE_CUDA || c->device == TANDEM_DEVICE_EMU)
-        return fail(e, TANDEM_ERR_UNSUPPORTED, "config: device %s is not available yet (use auto or cpu)",
-                    c->device == TANDEM_DEVICE_CUDA ? "cuda" : "emu");
-    if (c->device != TANDEM_DEVICE_AUTO && c->device != TANDEM_DEVICE_CPU)
+    if ((unsigned)c->device > TANDEM_DEVICE_EMU)
         return fail(e, TANDEM_ERR_INVALID_ARGUMENT, "config: unknown device %d", (int)c->device);
-    if (c->mode != TANDEM_MODE_AUTO)
-        return (unsigned)c->mode <= TANDEM_MODE_HYBRID
-                   ? fail(e, TANDEM_ERR_UNSUPPORTED, "config: mode %s needs a device; the CPU alone runs mode auto",
-                          c->mode == TANDEM_MODE_DEVICE     ? "device"
-                          : c->mode == TANDEM_MODE_CPU_ATTN ? "cpu-attn"
-                                                            : "hybrid")
-                   : fail(e, TANDEM_ERR_INVALID_ARGUMENT, "config: unknown mode %d", (int)c->mode);
+    if ((unsigned)c->mode > TANDEM_MODE_HYBRID)
+        return fail(e, TANDEM_ERR_INVALID_ARGUMENT, "config: unknown mode %d", (int)c->mode);
+    if (c->mode == TANDEM_MODE_CPU_ATTN || c->mode == TANDEM_MODE_HYBRID)
+        return fail(e, TANDEM_ERR_UNSUPPORTED, "config: mode %s arrives with the pipeline; use device or auto",
+                    c->mode == TANDEM_MODE_CPU_ATTN ? "cpu-attn" : "hybrid");
+    if (c->device == TANDEM_DEVICE_CPU && c->mode != TANDEM_MODE_AUTO)
+        return fail(e, TANDEM_ERR_UNSUPPORTED, "config: mode device needs a device; the CPU alone runs mode auto");
+    if (c->weights == TANDEM_WEIGHTS_F32 && (c->device == TANDEM_DEVICE_CUDA || c->device == TANDEM_DEVICE_EMU))
+        return fail(e, TANDEM_ERR_UNSUPPORTED, "config: f32 weights run on the CPU only (device cpu)");
     if (c->threads < 0 || c->max_batch < 0 || c->step_tokens < 0)
         return fail(e, TANDEM_ERR_INVALID_ARGUMENT, "config: threads %d, max_batch %d, step_tokens %d must be >= 0",
                     c->threads, c->max_batch, c->step_tokens);
@@ -118,14 +147,18 @@ static tandem_status open_parts(tandem_engine *e) {
         c->max_batch = DEFAULT_MAX_BATCH;
     if (!c->step_tokens)
         c->step_tokens = DEFAULT_STEP_TOKENS;
+    const bool explicit_budget = c->kv_budget_bytes != 0;
     if (!c->kv_budget_bytes)
         c->kv_budget_bytes = default_kv_budget();
 
+    tandem_status st;
+    if ((st = open_device(e)))
+        return st;
     td_model_options mo;
     td_model_options_default(&mo);
     mo.weights = c->weights == TANDEM_WEIGHTS_F32 ? TD_WEIGHTS_F32 : TD_WEIGHTS_BF16;
     mo.n_threads = c->threads;
-    tandem_status st;
+    mo.skip_linears = e->dev != NULL; /* they go to the device */
     if ((st = td_model_load(c->model_path, &mo, &e->model, err)) ||
         (st = td_tokenizer_load(e->model->gguf, &e->tok, err)))
         return keep(e, st);
@@ -150,10 +183,26 @@ static tandem_status open_parts(tandem_engine *e) {
         if (td_chat_template_from_gguf(e->model->gguf, &e->chat, &ce) != TANDEM_OK)
             snprintf(e->chat_why, sizeof e->chat_why, "%s", ce.msg);
     }
-    if ((st = td_kv_create(&kc, &e->kv, err)) ||
-        (st = td_forward_create(e->model, c->step_tokens > c->max_batch ? c->step_tokens : c->max_batch, c->threads,
-                                &e->fw, err)) ||
-        (st = td_sched_create(e->fw, e->kv, &sc, &e->sched, err)))
+    const int32_t max_tokens = c->step_tokens > c->max_batch ? c->step_tokens : c->max_batch;
+    if (!e->dev) {
+        if ((st = td_forward_create(e->model, max_tokens, c->threads, &e->fw, err)))
+            return keep(e, st);
+    } else {
+        /* weights and workspace first: the KV pool gets what they leave */
+        if ((st = td_forward_create_on_device(e->model, e->dev, max_tokens, c->threads, &e->fw, err)))
+            return keep(e, st);
+        const size_t left = e->dev->info.mem_total - td_dev_mem_used(e->dev), room = left / 10 * 9;
+        if (!explicit_budget && kc.budget_bytes > room)
+            kc.budget_bytes = room;
+        if (kc.budget_bytes > left)
+            return fail(e, TANDEM_ERR_OUT_OF_MEMORY,
+                        "config: a KV pool of %zu MiB does not fit the %zu MiB of %s that weights and workspace leave",
+                        kc.budget_bytes >> 20, left >> 20, e->dev->info.name);
+        if ((st = td_dev_alloc(e->dev, kc.budget_bytes, &e->kv_pool, err)))
+            return keep(e, st);
+        kc.pool = e->kv_pool;
+    }
+    if ((st = td_kv_create(&kc, &e->kv, err)) || (st = td_sched_create(e->fw, e->kv, &sc, &e->sched, err)))
         return keep(e, st);
     return TANDEM_OK;
 }
@@ -197,6 +246,10 @@ void tandem_engine_close(tandem_engine *e) {
     td_chat_template_free(&e->chat);
     td_forward_destroy(e->fw);
     td_kv_destroy(e->kv);
+    if (e->dev) {
+        td_dev_free(e->dev, e->kv_pool);
+        td_device_close(e->dev);
+    }
     td_tokenizer_free(e->tok);
     td_model_free(e->model);
     free((char *)e->cfg.model_path);
@@ -204,6 +257,8 @@ void tandem_engine_close(tandem_engine *e) {
 }
 
 const char *tandem_engine_errmsg(const tandem_engine *e) { return e ? e->err.msg : "out of memory"; }
+
+const char *tandem_engine_device(const tandem_engine *e) { return e ? e->where : ""; }
 
 /* Fails calls on an engine that did not open. */
 #define READY(e)                                                                                                       \

@@ -9,6 +9,7 @@
 #include "base/clock.h"
 #include "cpu/attention.h"
 #include "cpu/ops.h"
+#include "engine/forward_device.h"
 
 /* Rows per FFN block (see layer()). */
 #define TD_FFN_ROWS 256
@@ -36,6 +37,7 @@ struct td_forward {
     float *logits;      /* [logits_cap][n_vocab] */
     int32_t logits_cap;
     td_fwd_stats stats;
+    td_fwd_dev *dev; /* mode device: the step runs there (engine/forward_device.h) */
 };
 
 static size_t h_width(const td_llama_config *c) {
@@ -47,11 +49,11 @@ static size_t h_width(const td_llama_config *c) {
     return w;
 }
 
-tandem_status td_forward_create(const td_model *m, int32_t max_tokens, int n_threads, td_forward **out, td_error *err) {
+/* The context and the host arrays both paths plan with. */
+static tandem_status create(const td_model *m, int32_t max_tokens, int n_threads, td_forward **out, td_error *err) {
     *out = NULL;
     if (max_tokens < 1)
         return td_fail(err, TANDEM_ERR_INVALID_ARGUMENT, "forward: max_tokens %d must be >= 1", max_tokens);
-    const td_llama_config *c = &m->cfg;
     td_forward *f = calloc(1, sizeof *f);
     if (!f)
         return td_fail(err, TANDEM_ERR_OUT_OF_MEMORY, "forward: out of memory");
@@ -59,6 +61,28 @@ tandem_status td_forward_create(const td_model *m, int32_t max_tokens, int n_thr
     f->max_tokens = max_tokens;
     f->n_threads = n_threads > 0 ? n_threads : omp_get_max_threads();
     f->act = m->weights == TD_WEIGHTS_BF16 ? TD_DTYPE_BF16 : TD_DTYPE_F32;
+    const size_t T = (size_t)max_tokens;
+    f->tokens = malloc(T * sizeof *f->tokens);
+    f->tok_seq = malloc(T * sizeof *f->tok_seq);
+    f->seq_first = malloc(T * sizeof *f->seq_first);
+    f->rows = malloc(T * sizeof *f->rows);
+    if (!f->tokens || !f->tok_seq || !f->seq_first || !f->rows) {
+        td_forward_destroy(f);
+        return td_fail(err, TANDEM_ERR_OUT_OF_MEMORY, "forward: out of memory for a %d-token step", max_tokens);
+    }
+    *out = f;
+    return TANDEM_OK;
+}
+
+tandem_status td_forward_create(const td_model *m, int32_t max_tokens, int n_threads, td_forward **out, td_error *err) {
+    if (!m->linears_on_host)
+        return td_fail(err, TANDEM_ERR_INVALID_ARGUMENT,
+                       "forward: the model was loaded without its linear layers (for a device)");
+    td_forward *f;
+    tandem_status st = create(m, max_tokens, n_threads, &f, err);
+    if (st)
+        return st;
+    const td_llama_config *c = &m->cfg;
     const size_t T = (size_t)max_tokens, Q = (size_t)c->n_heads * (size_t)c->head_dim,
                  KV = (size_t)c->n_kv_heads * (size_t)c->head_dim;
     f->x = malloc(T * (size_t)c->n_embd * sizeof(float));
@@ -68,13 +92,7 @@ tandem_status td_forward_create(const td_model *m, int32_t max_tokens, int n_thr
     f->cs = malloc(T * 2 * (size_t)c->rope_dim * sizeof(float));
     f->ents = malloc(T * sizeof *f->ents);
     f->runs = malloc(T * sizeof *f->runs);
-    f->tokens = malloc(T * sizeof *f->tokens);
-    f->tok_seq = malloc(T * sizeof *f->tok_seq);
-    f->seq_first = malloc(T * sizeof *f->seq_first);
-    f->rows = malloc(T * sizeof *f->rows);
-    tandem_status st = TANDEM_OK;
-    if (!f->x || !f->h || !f->qkv || !f->gu || !f->cs || !f->ents || !f->runs || !f->tokens || !f->tok_seq ||
-        !f->seq_first || !f->rows)
+    if (!f->x || !f->h || !f->qkv || !f->gu || !f->cs || !f->ents || !f->runs)
         st = td_fail(err, TANDEM_ERR_OUT_OF_MEMORY, "forward: out of memory for a %d-token workspace", max_tokens);
     if (st == TANDEM_OK)
         st = td_attn_create(f->n_threads, m->isa, &f->attn, err);
@@ -86,6 +104,17 @@ tandem_status td_forward_create(const td_model *m, int32_t max_tokens, int n_thr
     }
     *out = f;
     return TANDEM_OK;
+}
+
+tandem_status td_forward_create_on_device(const td_model *m, td_device *dev, int32_t max_tokens, int n_threads,
+                                          td_forward **out, td_error *err) {
+    td_forward *f;
+    tandem_status st = create(m, max_tokens, n_threads, &f, err);
+    if (st == TANDEM_OK && (st = td_fwd_dev_create(m, dev, max_tokens, &f->dev, err)))
+        td_forward_destroy(f);
+    if (st == TANDEM_OK)
+        *out = f;
+    return st;
 }
 
 void td_forward_destroy(td_forward *f) {
@@ -104,7 +133,11 @@ void td_forward_destroy(td_forward *f) {
     free(f->tok_seq);
     free(f->seq_first);
     free(f->rows);
-    free(f->logits);
+    if (f->dev)
+        td_fwd_dev_host_free(f->dev, f->logits);
+    else
+        free(f->logits);
+    td_fwd_dev_destroy(f->dev);
     free(f);
 }
 
@@ -143,6 +176,11 @@ static tandem_status check_batch(const td_forward *f, const td_kv_cache *kv, con
         if ((int64_t)s->pos + s->n_tokens > c->n_ctx)
             return td_fail(err, TANDEM_ERR_LIMIT, "forward: sequence %d of the batch reaches %lld tokens (context %d)",
                            i, (long long)s->pos + s->n_tokens, c->n_ctx);
+        for (int32_t j = 0; j < s->n_tokens; j++)
+            if (s->tokens[j] < 0 || s->tokens[j] >= c->n_vocab)
+                return td_fail(err, TANDEM_ERR_INVALID_ARGUMENT,
+                               "forward: sequence %d of the batch: token %d (id %d) is outside the vocabulary [0, %d)",
+                               i, j, s->tokens[j], c->n_vocab);
         t += s->n_tokens;
         r += s->logits == TD_LOGITS_ALL ? s->n_tokens : s->logits == TD_LOGITS_LAST ? 1 : 0;
     }
@@ -157,7 +195,7 @@ static tandem_status check_batch(const td_forward *f, const td_kv_cache *kv, con
 /* Lays out the step: flat tokens, RoPE angles, attention work (a decode
  * entry for a sequence's single token, a causal run for a prompt chunk),
  * logits rows. Attention writes straight into the O projection's input. */
-static tandem_status plan(td_forward *f, const td_kv_cache *kv, const td_fwd_seq *seqs, int32_t n_seqs, td_error *err) {
+static void plan(td_forward *f, const td_kv_cache *kv, const td_fwd_seq *seqs, int32_t n_seqs) {
     const td_llama_config *c = &f->m->cfg;
     const int64_t W = (int64_t)(c->n_heads + 2 * c->n_kv_heads) * c->head_dim;
     const int64_t Q = (int64_t)c->n_heads * c->head_dim;
@@ -181,10 +219,6 @@ static tandem_status plan(td_forward *f, const td_kv_cache *kv, const td_fwd_seq
                                                  .out = out,
                                                  .out_stride = Q};
         for (int32_t j = 0; j < s->n_tokens; j++, t++) {
-            if (s->tokens[j] < 0 || s->tokens[j] >= c->n_vocab)
-                return td_fail(err, TANDEM_ERR_INVALID_ARGUMENT,
-                               "forward: sequence %d of the batch: token %d (id %d) is outside the vocabulary [0, %d)",
-                               i, j, s->tokens[j], c->n_vocab);
             f->tokens[t] = s->tokens[j];
             f->tok_seq[t] = i;
             td_rope_angles((double)(s->pos + j), f->m->inv_freq, c->rope_dim, f->cs + (int64_t)t * 2 * c->rope_dim);
@@ -192,7 +226,6 @@ static tandem_status plan(td_forward *f, const td_kv_cache *kv, const td_fwd_seq
                 f->rows[r++] = t;
         }
     }
-    return TANDEM_OK;
 }
 
 /* Seconds since *t; moves *t to now. */
@@ -290,16 +323,34 @@ static tandem_status step(td_forward *f, td_kv_cache *kv, const td_fwd_seq *seqs
     const int64_t E = c->n_embd;
     int32_t T = 0, R = 0;
     tandem_status st;
-    if ((st = check_batch(f, kv, seqs, n_seqs, &T, &R, err)) || (st = plan(f, kv, seqs, n_seqs, err)))
+    if ((st = check_batch(f, kv, seqs, n_seqs, &T, &R, err)))
         return st;
     if (R > f->logits_cap) {
-        float *p = realloc(f->logits, (size_t)R * (size_t)c->n_vocab * sizeof(float));
-        if (!p)
+        const size_t bytes = (size_t)R * (size_t)c->n_vocab * sizeof(float);
+        float *p = NULL;
+        if (f->dev) { /* pinned: the device writes them back */
+            td_fwd_dev_host_free(f->dev, f->logits);
+            f->logits = NULL;
+            f->logits_cap = 0;
+            if ((st = td_fwd_dev_host_alloc(f->dev, bytes, (void **)&p, err)))
+                return st;
+        } else if (!(p = realloc(f->logits, bytes)))
             return td_fail(err, TANDEM_ERR_OUT_OF_MEMORY, "forward: out of memory for %d rows of logits", R);
         f->logits = p;
         f->logits_cap = R;
     }
     double t = td_seconds();
+    if (f->dev) {
+        if ((st = td_fwd_dev_step(f->dev, kv, seqs, n_seqs, T, R, f->logits, err)))
+            return st;
+        f->stats.device += td_seconds() - t;
+        f->stats.steps++;
+        f->stats.tokens += T;
+        *logits = f->logits;
+        *n_rows = R;
+        return TANDEM_OK;
+    }
+    plan(f, kv, seqs, n_seqs);
     if ((st = td_model_embed(m, f->tokens, T, f->x, err)))
         return st;
     f->stats.other += lap(&t);

@@ -32,6 +32,7 @@
 #include "base/error.h"
 #include "cpu/kv_cache.h"
 #include "engine/model.h"
+#include "gpu/device.h"
 
 typedef enum td_logits_mode {
     TD_LOGITS_NONE = 0, /* a prefill chunk that is not the prompt's last */
@@ -58,6 +59,7 @@ typedef struct td_fwd_stats {
     double linear;    /* GEMMs, LM head included */
     double attention; /* KV writes and attention */
     double other;     /* embedding, norms, RoPE, SwiGLU */
+    double device;    /* steps on a device, whole (its ops are asynchronous) */
     int64_t steps, tokens;
 } td_fwd_stats;
 
@@ -67,6 +69,14 @@ typedef struct td_forward td_forward;
  * n_threads: the OpenMP team of each step (0: omp_get_max_threads()). */
 tandem_status td_forward_create(const td_model *m, int32_t max_tokens, int n_threads, td_forward **out, td_error *err);
 void td_forward_destroy(td_forward *f);
+
+/* The same steps on a device (engine/forward_device.h): the model's linear
+ * layers, norms and embedding are uploaded to dev (the host model may have
+ * been loaded with skip_linears), and td_forward_step's kv must be a cache
+ * whose pool is dev's memory (td_kv_config.pool). dev must outlive f.
+ * n_threads is unused there (the device has its own). */
+tandem_status td_forward_create_on_device(const td_model *m, td_device *dev, int32_t max_tokens, int n_threads,
+                                          td_forward **out, td_error *err);
 
 /* Runs one step. kv must have the model's layer count, kv heads and head
  * dim. On success *logits points at rows x n_vocab fp32 values (owned by f,

@@ -20,8 +20,8 @@ void td_model_options_default(td_model_options *o) {
  * td_llama_config_read) into rows [row0, row0 + n) of dst, a plain [.][k]
  * matrix of bf16 or f32. Rows are split across the OpenMP team; the first is
  * done alone so that an unsupported type fails before the team starts. */
-static tandem_status dequant_into(const td_model *m, const char *name, int64_t k, int64_t n, void *dst, int64_t row0,
-                                  td_error *err) {
+static tandem_status dequant_into(const td_model *m, const char *name, int64_t k, int64_t n, bool bf16, void *dst,
+                                  int64_t row0, td_error *err) {
     const td_gguf_tensor *t = td_gguf_find_tensor(m->gguf, name);
     if (!t)
         return td_fail(err, TANDEM_ERR_FORMAT, "%s: missing tensor '%s'", td_gguf_name(m->gguf), name);
@@ -33,7 +33,6 @@ static tandem_status dequant_into(const td_model *m, const char *name, int64_t k
     tandem_status st = td_ggml_row_bytes(t->type, k, &rb, err);
     if (st != TANDEM_OK)
         return td_fail(err, st, "%s: tensor '%s': %s", td_gguf_name(m->gguf), name, err ? err->msg : "bad row");
-    const bool bf16 = m->weights == TD_WEIGHTS_BF16;
     const size_t esz = bf16 ? sizeof(uint16_t) : sizeof(float);
     char *base = (char *)dst + (size_t)row0 * (size_t)k * esz;
 #define ROW(r)                                                                                                         \
@@ -74,19 +73,77 @@ static tandem_status vector_f32(const td_model *m, const char *name, int64_t n, 
     return TANDEM_OK;
 }
 
-/* One linear layer from the tensors names[0..n_parts), stacked by rows (the
- * fused QKV and gate/up matrices), each k inputs wide with rows[i] rows. */
-static tandem_status linear(td_model *m, td_gemm *g, void *scratch, int64_t k, int n_parts, const char *const *names,
-                            const int64_t *rows, td_linear **out, td_error *err) {
-    int64_t n = 0;
-    for (int i = 0; i < n_parts; i++) {
-        tandem_status st = dequant_into(m, names[i], k, rows[i], scratch, n, err);
+/* The tensors a linear layer stacks by rows (QKV and gate/up are fused),
+ * their row counts and the input width k. */
+typedef struct matrix_parts {
+    int n;
+    char names[3][64];
+    int64_t rows[3], k;
+} matrix_parts;
+
+static void parts_of(const td_model *m, int32_t layer, td_matrix which, matrix_parts *p) {
+    const td_llama_config *c = &m->cfg;
+    const int64_t E = c->n_embd, Q = (int64_t)c->n_heads * c->head_dim, KV = (int64_t)c->n_kv_heads * c->head_dim,
+                  F = c->n_ff;
+    static const char *const suffix[][3] = {
+        [TD_MATRIX_QKV] = {"attn_q", "attn_k", "attn_v"},
+        [TD_MATRIX_O] = {"attn_output"},
+        [TD_MATRIX_GATE_UP] = {"ffn_gate", "ffn_up"},
+        [TD_MATRIX_DOWN] = {"ffn_down"},
+    };
+    memset(p, 0, sizeof *p);
+    switch (which) {
+    case TD_MATRIX_QKV: *p = (matrix_parts){.n = 3, .rows = {Q, KV, KV}, .k = E}; break;
+    case TD_MATRIX_O: *p = (matrix_parts){.n = 1, .rows = {E}, .k = Q}; break;
+    case TD_MATRIX_GATE_UP: *p = (matrix_parts){.n = 2, .rows = {F, F}, .k = E}; break;
+    case TD_MATRIX_DOWN: *p = (matrix_parts){.n = 1, .rows = {E}, .k = F}; break;
+    case TD_MATRIX_HEAD:
+        *p = (matrix_parts){.n = 1, .rows = {c->n_vocab}, .k = E};
+        snprintf(p->names[0], sizeof p->names[0], "%s", c->tied_output ? "token_embd.weight" : "output.weight");
+        return;
+    }
+    for (int i = 0; i < p->n; i++)
+        snprintf(p->names[i], sizeof p->names[i], "blk.%d.%s.weight", layer, suffix[which][i]);
+}
+
+void td_model_matrix_shape(const td_model *m, td_matrix which, int64_t *n, int64_t *k) {
+    matrix_parts p;
+    parts_of(m, 0, which, &p);
+    *n = p.rows[0] + p.rows[1] + p.rows[2];
+    *k = p.k;
+}
+
+static tandem_status matrix(const td_model *m, int32_t layer, td_matrix which, bool bf16, void *dst, int64_t *n,
+                            int64_t *k, td_error *err) {
+    matrix_parts p;
+    parts_of(m, layer, which, &p);
+    int64_t rows = 0;
+    for (int i = 0; i < p.n; i++) {
+        tandem_status st = dequant_into(m, p.names[i], p.k, p.rows[i], bf16, dst, rows, err);
         if (st != TANDEM_OK)
             return st;
-        n += rows[i];
+        rows += p.rows[i];
     }
-    tandem_status st =
-        td_linear_create(g, n, k, m->weights == TD_WEIGHTS_BF16 ? TD_DTYPE_BF16 : TD_DTYPE_F32, scratch, out, err);
+    *n = rows;
+    *k = p.k;
+    return TANDEM_OK;
+}
+
+tandem_status td_model_matrix(const td_model *m, int32_t layer, td_matrix which, uint16_t *dst, td_error *err) {
+    if ((unsigned)which > TD_MATRIX_HEAD || layer < 0 || layer >= m->cfg.n_layers)
+        return td_fail(err, TANDEM_ERR_INVALID_ARGUMENT, "model: no matrix %d of layer %d", (int)which, layer);
+    int64_t n, k;
+    return matrix(m, layer, which, true, dst, &n, &k, err);
+}
+
+/* One of the host's linear layers, dequantized through scratch. */
+static tandem_status linear(td_model *m, td_gemm *g, void *scratch, int32_t layer, td_matrix which, td_linear **out,
+                            td_error *err) {
+    const bool bf16 = m->weights == TD_WEIGHTS_BF16;
+    int64_t n, k;
+    tandem_status st = matrix(m, layer, which, bf16, scratch, &n, &k, err);
+    if (st == TANDEM_OK)
+        st = td_linear_create(g, n, k, bf16 ? TD_DTYPE_BF16 : TD_DTYPE_F32, scratch, out, err);
     if (st == TANDEM_OK)
         m->weight_bytes += td_linear_bytes(*out);
     return st;
@@ -143,9 +200,9 @@ static tandem_status load_weights(td_model *m, td_error *err) {
         most = (Q + 2 * KV) * E;
     if (2 * F * E > most)
         most = 2 * F * E;
-    void *scratch = malloc((size_t)most * sizeof(float));
+    void *scratch = m->linears_on_host ? malloc((size_t)most * sizeof(float)) : NULL;
     td_gemm *g = NULL;
-    if (!scratch)
+    if (!scratch && m->linears_on_host)
         return td_fail(err, TANDEM_ERR_OUT_OF_MEMORY, "model: out of memory for a %lld-value load buffer",
                        (long long)most);
     if ((st = td_gemm_create(&g, err)))
@@ -158,31 +215,20 @@ static tandem_status load_weights(td_model *m, td_error *err) {
     }
     for (int32_t l = 0; l < c->n_layers; l++) {
         td_layer_weights *L = &m->layers[l];
-        char q[64], k[64], v[64], o[64], gt[64], up[64], dn[64], an[64], fn[64];
-        snprintf(q, sizeof q, "blk.%d.attn_q.weight", l);
-        snprintf(k, sizeof k, "blk.%d.attn_k.weight", l);
-        snprintf(v, sizeof v, "blk.%d.attn_v.weight", l);
-        snprintf(o, sizeof o, "blk.%d.attn_output.weight", l);
-        snprintf(gt, sizeof gt, "blk.%d.ffn_gate.weight", l);
-        snprintf(up, sizeof up, "blk.%d.ffn_up.weight", l);
-        snprintf(dn, sizeof dn, "blk.%d.ffn_down.weight", l);
+        char an[64], fn[64];
         snprintf(an, sizeof an, "blk.%d.attn_norm.weight", l);
         snprintf(fn, sizeof fn, "blk.%d.ffn_norm.weight", l);
-        const char *qkv[3] = {q, k, v}, *gu[2] = {gt, up};
-        const int64_t qkv_rows[3] = {Q, KV, KV}, gu_rows[2] = {F, F};
-        const char *o1[1] = {o}, *d1[1] = {dn};
-        const int64_t o_rows[1] = {E}, d_rows[1] = {E};
-        if ((st = vector_f32(m, an, E, &L->attn_norm, err)) || (st = vector_f32(m, fn, E, &L->ffn_norm, err)) ||
-            (st = linear(m, g, scratch, E, 3, qkv, qkv_rows, &L->wqkv, err)) ||
-            (st = linear(m, g, scratch, Q, 1, o1, o_rows, &L->wo, err)) ||
-            (st = linear(m, g, scratch, E, 2, gu, gu_rows, &L->wgu, err)) ||
-            (st = linear(m, g, scratch, F, 1, d1, d_rows, &L->wdown, err)))
+        if ((st = vector_f32(m, an, E, &L->attn_norm, err)) || (st = vector_f32(m, fn, E, &L->ffn_norm, err)))
+            goto done;
+        if (m->linears_on_host && ((st = linear(m, g, scratch, l, TD_MATRIX_QKV, &L->wqkv, err)) ||
+                                   (st = linear(m, g, scratch, l, TD_MATRIX_O, &L->wo, err)) ||
+                                   (st = linear(m, g, scratch, l, TD_MATRIX_GATE_UP, &L->wgu, err)) ||
+                                   (st = linear(m, g, scratch, l, TD_MATRIX_DOWN, &L->wdown, err))))
             goto done;
     }
-    const char *head[1] = {c->tied_output ? "token_embd.weight" : "output.weight"};
-    const int64_t head_rows[1] = {V};
     if ((st = vector_f32(m, "output_norm.weight", E, &m->out_norm, err)) ||
-        (st = linear(m, g, scratch, E, 1, head, head_rows, &m->head, err)) || (st = rope_frequencies(m, err)))
+        (m->linears_on_host && (st = linear(m, g, scratch, 0, TD_MATRIX_HEAD, &m->head, err))) ||
+        (st = rope_frequencies(m, err)))
         goto done;
 done:
     td_gemm_destroy(g);
@@ -204,6 +250,7 @@ tandem_status td_model_load(const char *path, const td_model_options *opt, td_mo
     if (!m)
         return td_fail(err, TANDEM_ERR_OUT_OF_MEMORY, "model: out of memory");
     m->weights = opt->weights;
+    m->linears_on_host = !opt->skip_linears;
     tandem_status st = TANDEM_OK;
     if (opt->isa == TD_ISA_COUNT)
         st = td_isa_select(&m->isa, err);

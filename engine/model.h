@@ -20,6 +20,7 @@
 #ifndef TD_ENGINE_MODEL_H
 #define TD_ENGINE_MODEL_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -38,8 +39,21 @@ typedef struct td_model_options {
     td_weights weights;
     int n_threads; /* threads that dequantize at load; 0: the OpenMP default */
     td_isa isa;    /* kernels for dequantization and row ops; TD_ISA_COUNT: td_isa_select() */
+    /* Load norms, embedding and RoPE only: the linear layers go to a device
+     * (td_model_matrix), and the host keeps no copy. */
+    bool skip_linears;
 } td_model_options;
 
+/* The linear matrices of a layer, in the fused form the model runs. */
+typedef enum td_matrix {
+    TD_MATRIX_QKV = 0,     /* [q_dim + 2 kv_dim][n_embd] */
+    TD_MATRIX_O = 1,       /* [n_embd][q_dim] */
+    TD_MATRIX_GATE_UP = 2, /* [2 n_ff][n_embd] */
+    TD_MATRIX_DOWN = 3,    /* [n_embd][n_ff] */
+    TD_MATRIX_HEAD = 4,    /* [n_vocab][n_embd] (layer ignored) */
+} td_matrix;
+
+/* The linear layers are NULL when the model was loaded with skip_linears. */
 typedef struct td_layer_weights {
     float *attn_norm, *ffn_norm; /* [n_embd] */
     td_linear *wqkv;             /* [q_dim + 2 kv_dim][n_embd]: Q rows, then K, then V */
@@ -60,6 +74,7 @@ typedef struct td_model {
     td_linear *head;          /* [n_vocab][n_embd] */
     double *inv_freq;         /* [rope_dim / 2]: RoPE frequency of each pair, scaling included */
     size_t weight_bytes;      /* held by the linear layers */
+    bool linears_on_host;     /* false: loaded with skip_linears */
     double load_seconds;
 } td_model;
 
@@ -69,6 +84,12 @@ void td_model_options_default(td_model_options *o);
  * the tensor or key at fault. */
 tandem_status td_model_load(const char *path, const td_model_options *opt, td_model **out, td_error *err);
 void td_model_free(td_model *m);
+
+/* Matrix `which` of layer `layer`, dequantized from the file into dst, a
+ * plain [n][k] bf16 matrix (td_model_matrix_shape gives n and k): the
+ * values the host's bf16 linear layers hold, for a device to upload. */
+tandem_status td_model_matrix(const td_model *m, int32_t layer, td_matrix which, uint16_t *dst, td_error *err);
+void td_model_matrix_shape(const td_model *m, td_matrix which, int64_t *n, int64_t *k);
 
 /* Dequantizes the embedding rows of n tokens into out[n][n_embd] (fp32).
  * An id outside the vocabulary is TANDEM_ERR_INVALID_ARGUMENT. */

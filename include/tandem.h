@@ -85,16 +85,23 @@ typedef enum tandem_weights {
     TANDEM_WEIGHTS_F32 = 1,  /* linear layers in fp32 (OpenBLAS): exact dequantized values */
 } tandem_weights;
 
+/* Where the model runs. AUTO takes a CUDA GPU when the CUDA plugin, a
+ * driver and a device answer, else the CPU; tandem_engine_device says which
+ * and, after a fallback, why. CUDA fails to open without one. EMU is the
+ * emulated device: the device code path on host threads (testing, and
+ * runs that must match the CPU's tokens). */
 typedef enum tandem_device {
-    TANDEM_DEVICE_AUTO = 0, /* a GPU when one answers, else the CPU (today: the CPU) */
+    TANDEM_DEVICE_AUTO = 0,
     TANDEM_DEVICE_CPU = 1,
-    TANDEM_DEVICE_CUDA = 2, /* not available yet: TANDEM_ERR_UNSUPPORTED */
-    TANDEM_DEVICE_EMU = 3,  /* the emulated device: not available yet */
+    TANDEM_DEVICE_CUDA = 2,
+    TANDEM_DEVICE_EMU = 3,
 } tandem_device;
 
-/* Where attention runs (issue 6): all on the device, all decode attention
- * on the CPU next to a host KV cache, or split by a plan. Needs a device:
- * with the CPU alone only TANDEM_MODE_AUTO applies. */
+/* Where attention runs: all on the device (DEVICE: weights, activations and
+ * the KV cache in device memory), all decode attention on the CPU next to a
+ * host KV cache (CPU_ATTN), or split by a plan (HYBRID); AUTO picks. With
+ * the CPU alone only AUTO applies. CPU_ATTN and HYBRID arrive with the
+ * pipeline: TANDEM_ERR_UNSUPPORTED until then. */
 typedef enum tandem_mode {
     TANDEM_MODE_AUTO = 0,
     TANDEM_MODE_DEVICE = 1,
@@ -106,7 +113,8 @@ typedef struct tandem_config {
     size_t struct_size;     /* sizeof(tandem_config), set by tandem_config_init */
     const char *model_path; /* GGUF file; NULL: $TANDEM_MODEL, else the default model (scripts/fetch-model) */
     int threads;            /* 0: all the cores OpenMP sees */
-    size_t kv_budget_bytes; /* host KV pool; 0: a quarter of physical memory, at most 4 GiB */
+    size_t kv_budget_bytes; /* KV pool; 0: a quarter of physical memory, at most 4 GiB, and on a device
+                             * at most 90% of the memory its weights and workspace leave */
     int max_batch;          /* requests running at once; 0: 256 */
     int step_tokens;        /* tokens per step (decodes + prompt chunks); 0: 2048 */
     tandem_weights weights;
@@ -127,6 +135,11 @@ TANDEM_API void tandem_engine_close(tandem_engine *e);
 /* The message of the engine's latest failure ("" when none). Valid until the
  * next call on the engine. */
 TANDEM_API const char *tandem_engine_errmsg(const tandem_engine *e);
+
+/* Where the engine runs, in one line: "cpu", "cpu (no CUDA device: ...)"
+ * after an AUTO fallback, "cuda: NVIDIA H100 PCIe, mode device",
+ * "emu: emu compute (2 threads), mode device". */
+TANDEM_API const char *tandem_engine_device(const tandem_engine *e);
 
 /* Vocabulary size, BOS and EOS ids (-1 when the vocabulary has none). */
 TANDEM_API int32_t tandem_n_vocab(const tandem_engine *e);

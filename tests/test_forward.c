@@ -119,7 +119,8 @@ static td_model *model(td_weights w) {
     return *slot;
 }
 
-static td_kv_cache *kv_for(const td_model *m, td_dtype dt, int32_t max_seqs) {
+/* A cache in host memory, or (dev) with its pool in dev's memory at *pool. */
+static td_kv_cache *kv_on(const td_model *m, td_dtype dt, int32_t max_seqs, td_device *dev, void **pool) {
     td_kv_config c = {.n_layers = m->cfg.n_layers,
                       .n_kv_heads = m->cfg.n_kv_heads,
                       .head_dim = m->cfg.head_dim,
@@ -129,8 +130,16 @@ static td_kv_cache *kv_for(const td_model *m, td_dtype dt, int32_t max_seqs) {
                       .max_seq_tokens = 1024};
     td_kv_cache *kv = NULL;
     td_error err;
+    if (dev) {
+        TD_ASSERT_OK(td_dev_alloc(dev, c.budget_bytes, pool, &err), &err);
+        c.pool = *pool;
+    }
     TD_ASSERT_OK(td_kv_create(&c, &kv, &err), &err);
     return kv;
+}
+
+static td_kv_cache *kv_for(const td_model *m, td_dtype dt, int32_t max_seqs) {
+    return kv_on(m, dt, max_seqs, NULL, NULL);
 }
 
 static int32_t argmax(const float *v, int32_t n) {
@@ -215,12 +224,16 @@ static void test_logits_bf16(void) { logits_vs_oracle(TD_WEIGHTS_BF16, TD_DTYPE_
  * O.gen tokens. With stagger, prompt i joins at step i instead (so steps mix
  * prefills and decodes, as under continuous batching) and the prompts are
  * prefilled in chunks of `chunk` tokens. */
-static void generate(td_model *m, td_dtype kv_dtype, const uint32_t *which, uint32_t n, bool stagger, int32_t chunk,
-                     int32_t (*out)[64]) {
-    td_kv_cache *kv = kv_for(m, kv_dtype, (int32_t)n);
+static void generate_on(td_device *dev, td_model *m, td_dtype kv_dtype, const uint32_t *which, uint32_t n, bool stagger,
+                        int32_t chunk, int32_t (*out)[64], float *first_logits) {
+    void *pool = NULL;
+    td_kv_cache *kv = kv_on(m, kv_dtype, (int32_t)n, dev, &pool);
     td_forward *fw = NULL;
     td_error err;
-    TD_ASSERT_OK(td_forward_create(m, MAX_TOKENS, 0, &fw, &err), &err);
+    if (dev)
+        TD_ASSERT_OK(td_forward_create_on_device(m, dev, MAX_TOKENS, 0, &fw, &err), &err);
+    else
+        TD_ASSERT_OK(td_forward_create(m, MAX_TOKENS, 0, &fw, &err), &err);
     int32_t seq[16], done_prompt[16] = {0}, n_gen[16] = {0}, last[16];
     td_fwd_seq s[16] = {{0}};
     for (uint32_t i = 0; i < n; i++)
@@ -259,6 +272,8 @@ static void generate(td_model *m, td_dtype kv_dtype, const uint32_t *which, uint
         float *lg;
         int32_t rows;
         TD_ASSERT_OK(td_forward_step(fw, kv, s, ns, &lg, &rows, &err), &err);
+        if (stepno == 0 && first_logits)
+            memcpy(first_logits, lg, (size_t)rows * O.n_vocab * sizeof *lg);
         /* map rows back to sequences: the rows come in batch order */
         int32_t r = 0;
         for (int32_t k = 0; k < ns; k++) {
@@ -276,6 +291,13 @@ static void generate(td_model *m, td_dtype kv_dtype, const uint32_t *which, uint
     }
     td_forward_destroy(fw);
     td_kv_destroy(kv);
+    if (dev)
+        td_dev_free(dev, pool);
+}
+
+static void generate(td_model *m, td_dtype kv_dtype, const uint32_t *which, uint32_t n, bool stagger, int32_t chunk,
+                     int32_t (*out)[64]) {
+    generate_on(NULL, m, kv_dtype, which, n, stagger, chunk, out, NULL);
 }
 
 static void greedy_vs_oracle(td_weights w, td_dtype kv_dtype, float gap_tol) {
@@ -326,6 +348,57 @@ static void test_batch_equals_single(void) {
             }
         }
     }
+}
+
+/* ---- the model on the emulated device ---------------------------------- */
+
+/* Mode device on the emulated device in compute mode: weights, activations
+ * and KV in its memory, every op through the device interface. The emu
+ * runs the host's kernels on weights in the host's layout, so the tokens
+ * must match the host path exactly and the logits within DEVICE_TOL: 0,
+ * since every op is the same computation in the same order. (A GPU rounds
+ * differently; there the bound is TOL_BF16's reasoning: same weights, same
+ * bf16 rounding points, different summation order.) Batched, and staggered
+ * with chunked prefill, so that steps mix both attention kinds. */
+#define DEVICE_TOL 0.0f
+
+static void test_device_emu_equals_host(void) {
+    td_model *m = model(TD_WEIGHTS_BF16);
+    td_device_config dc;
+    td_device_config_default(&dc);
+    td_device *dev = NULL;
+    td_error err;
+    TD_ASSERT_OK(td_device_open(&dc, &dev, &err), &err);
+    uint32_t which[16];
+    int32_t host[16][64], emu[16][64], host_st[16][64], emu_st[16][64];
+    for (uint32_t i = 0; i < O.n_prompts; i++)
+        which[i] = i;
+    const size_t nl = (size_t)O.n_prompts * O.n_vocab;
+    float *lh = malloc(nl * sizeof *lh), *le = malloc(nl * sizeof *le);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(lh);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(le);
+    generate_on(NULL, m, TD_DTYPE_BF16, which, O.n_prompts, false, 0, host, lh);
+    generate_on(dev, m, TD_DTYPE_BF16, which, O.n_prompts, false, 0, emu, le);
+    generate_on(NULL, m, TD_DTYPE_BF16, which, O.n_prompts, true, 7, host_st, NULL);
+    generate_on(dev, m, TD_DTYPE_BF16, which, O.n_prompts, true, 7, emu_st, NULL);
+    float worst = 0;
+    for (size_t i = 0; i < nl; i++) {
+        float d = lh[i] > le[i] ? lh[i] - le[i] : le[i] - lh[i];
+        if (!(d <= worst)) /* NaN counts */
+            worst = d;
+    }
+    printf("\n    %s: max |logit difference| %.3g (bound %.3g)", dev->info.name, (double)worst, (double)DEVICE_TOL);
+    CU_ASSERT(worst <= DEVICE_TOL);
+    for (uint32_t i = 0; i < O.n_prompts; i++) {
+        CU_ASSERT(memcmp(host[i], emu[i], O.gen * sizeof host[i][0]) == 0);
+        CU_ASSERT(memcmp(host_st[i], emu_st[i], O.gen * sizeof host[i][0]) == 0);
+    }
+    /* the tokens are the model's, not a degenerate constant */
+    CU_ASSERT(memcmp(host[0], host[1], O.gen * sizeof host[0][0]) != 0);
+    CU_ASSERT_EQUAL(td_dev_mem_used(dev), 0);
+    free(lh);
+    free(le);
+    td_device_close(dev);
 }
 
 /* ---- errors ------------------------------------------------------------ */
@@ -397,6 +470,7 @@ void td_test_register(void) {
         {"logits, bf16 weights, vs the numpy oracle", test_logits_bf16},
         {"greedy 32 tokens, bf16 weights, vs the oracle", test_greedy_bf16},
         {"a batch equals one at a time (also staggered, chunked)", test_batch_equals_single},
+        {"mode device on the emulated device equals the host", test_device_emu_equals_host},
         {"errors", test_errors},
         {NULL, NULL},
     };

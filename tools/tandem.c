@@ -50,8 +50,13 @@ static void usage_generate(FILE *f) {
         "  --top-p P, --top-k K, --min-p P, --repetition-penalty R, --seed S, --stop TEXT (repeatable)\n"
         "  --batch N            requests running at once (default 256)\n"
         "  --step-tokens N      tokens per step, prompt chunks included (default 2048)\n"
+        "  --device D           auto (default: a CUDA GPU if one answers, else the CPU), cpu, cuda, emu\n"
+        "                       (the emulated device: the device code path on host threads)\n"
+        "  --mode M             auto (default), device (everything on the device); cpu-attn and hybrid\n"
+        "                       arrive with the pipeline\n"
         "  --threads N          CPU threads (default: all)\n"
-        "  --kv-budget SIZE     host KV cache, e.g. 4G (default: a quarter of RAM, at most 4G)\n"
+        "  --kv-budget SIZE     KV cache, e.g. 4G (default: a quarter of RAM, at most 4G; on a device, at\n"
+        "                       most 90%% of the memory the weights leave)\n"
         "  --fsync              fsync the output after every record\n"
         "  --quiet              no progress, only errors and the summary\n"
         "\n"
@@ -275,7 +280,33 @@ enum {
     OPT_QUIET,
     OPT_HELP,
     OPT_IGNORE_EOS,
+    OPT_DEVICE,
+    OPT_MODE,
 };
+
+static bool parse_device(const char *s, tandem_device *out) {
+    static const char *const names[] = {"auto", "cpu", "cuda", "emu"};
+    static const tandem_device values[] = {TANDEM_DEVICE_AUTO, TANDEM_DEVICE_CPU, TANDEM_DEVICE_CUDA,
+                                           TANDEM_DEVICE_EMU};
+    for (size_t i = 0; i < sizeof names / sizeof names[0]; i++)
+        if (!strcmp(s, names[i])) {
+            *out = values[i];
+            return true;
+        }
+    return false;
+}
+
+static bool parse_mode(const char *s, tandem_mode *out) {
+    static const char *const names[] = {"auto", "device", "cpu-attn", "hybrid"};
+    static const tandem_mode values[] = {TANDEM_MODE_AUTO, TANDEM_MODE_DEVICE, TANDEM_MODE_CPU_ATTN,
+                                         TANDEM_MODE_HYBRID};
+    for (size_t i = 0; i < sizeof names / sizeof names[0]; i++)
+        if (!strcmp(s, names[i])) {
+            *out = values[i];
+            return true;
+        }
+    return false;
+}
 
 static int cmd_generate(int argc, char **argv) {
     static const struct option opts[] = {
@@ -302,6 +333,8 @@ static int cmd_generate(int argc, char **argv) {
         {"quiet", no_argument, 0, OPT_QUIET},
         {"help", no_argument, 0, OPT_HELP},
         {"ignore-eos", no_argument, 0, OPT_IGNORE_EOS},
+        {"device", required_argument, 0, OPT_DEVICE},
+        {"mode", required_argument, 0, OPT_MODE},
         {0, 0, 0, 0},
     };
     tandem_config cfg;
@@ -341,6 +374,8 @@ static int cmd_generate(int argc, char **argv) {
         case OPT_FSYNC: fsync_each = true; break;
         case OPT_QUIET: quiet = true; break;
         case OPT_IGNORE_EOS: samp.ignore_eos = 1; break;
+        case OPT_DEVICE: ok = parse_device(optarg, &cfg.device); break;
+        case OPT_MODE: ok = parse_mode(optarg, &cfg.mode); break;
         case OPT_HELP: usage_generate(stdout); return 0;
         default:
             fprintf(stderr, "tandem generate: unknown or incomplete option '%s' (see tandem generate --help)\n",
@@ -392,6 +427,8 @@ static int cmd_generate(int argc, char **argv) {
         fprintf(stderr, "tandem generate: %s\n", tandem_engine_errmsg(e));
         goto out;
     }
+    /* one line on where it runs: after an auto fallback, it says why */
+    fprintf(stderr, "tandem: device %s\n", tandem_engine_device(e));
     batch_writer_opts wo = {.shape = batch_shape_for(format), .resume = resume, .fsync = fsync_each};
     batch_resume_report rep = {0};
     if (!done || batch_writer_open(output, &wo, done, &rep, &w, &berr)) {

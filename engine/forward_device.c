@@ -1,0 +1,354 @@
+/* The forward pass on a device (engine/forward_device.h). */
+#include "engine/forward_device.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* Rows per FFN block: the host path's (engine/forward.c), so that a GEMM
+ * sees the same row counts on both. */
+#define TD_FFN_ROWS 256
+/* Embedding rows uploaded per copy at load. */
+#define EMBED_CHUNK 4096
+
+typedef struct dev_layer {
+    float *attn_norm, *ffn_norm; /* device, [n_embd] */
+    td_dweights *wqkv, *wo, *wgu, *wdown;
+} dev_layer;
+
+struct td_fwd_dev {
+    const td_model *m;
+    td_device *dev;
+    td_stream *s;
+    int32_t max_tokens;
+    /* weights */
+    dev_layer *layers;
+    float *out_norm, *tok_embd; /* tok_embd: [n_vocab][n_embd] f32 */
+    double *inv_freq;
+    td_dweights *head;
+    /* workspace, [max_tokens] rows each */
+    float *x, *xr, *qkv, *gu; /* xr: the rows logits are asked for */
+    uint16_t *h;              /* bf16 GEMM inputs */
+    float *logits;            /* [logits_cap][n_vocab] */
+    int32_t logits_cap;
+    /* a step's integer arrays: one upload from meta_host to meta */
+    int32_t *meta, *meta_host;
+    size_t meta_cap; /* ints */
+};
+
+static void free_weights(td_fwd_dev *f) {
+    td_device *d = f->dev;
+    if (f->layers)
+        for (int32_t l = 0; l < f->m->cfg.n_layers; l++) {
+            dev_layer *L = &f->layers[l];
+            td_dev_free(d, L->attn_norm);
+            td_dev_free(d, L->ffn_norm);
+            td_dev_weights_destroy(d, L->wqkv);
+            td_dev_weights_destroy(d, L->wo);
+            td_dev_weights_destroy(d, L->wgu);
+            td_dev_weights_destroy(d, L->wdown);
+        }
+    free(f->layers);
+    td_dev_weights_destroy(d, f->head);
+    td_dev_free(d, f->out_norm);
+    td_dev_free(d, f->tok_embd);
+    td_dev_free(d, f->inv_freq);
+}
+
+void td_fwd_dev_destroy(td_fwd_dev *f) {
+    if (!f)
+        return;
+    td_device *d = f->dev;
+    if (f->s)
+        td_dev_stream_destroy(d, f->s); /* waits for its work */
+    free_weights(f);
+    td_dev_free(d, f->x);
+    td_dev_free(d, f->xr);
+    td_dev_free(d, f->qkv);
+    td_dev_free(d, f->gu);
+    td_dev_free(d, f->h);
+    td_dev_free(d, f->logits);
+    td_dev_free(d, f->meta);
+    td_dev_host_free(d, f->meta_host);
+    free(f);
+}
+
+/* A device copy of host values, synchronous (load time). */
+static tandem_status upload(td_fwd_dev *f, const void *src, size_t bytes, void **out, td_error *err) {
+    tandem_status st = td_dev_alloc(f->dev, bytes, out, err);
+    if (st == TANDEM_OK)
+        st = td_dev_copy(f->dev, f->s, *out, src, bytes, TD_COPY_H2D, err);
+    if (st == TANDEM_OK)
+        st = td_dev_stream_sync(f->dev, f->s, err);
+    return st;
+}
+
+static tandem_status upload_weights(td_fwd_dev *f, td_error *err) {
+    const td_model *m = f->m;
+    const td_llama_config *c = &m->cfg;
+    const int64_t E = c->n_embd, V = c->n_vocab;
+    int64_t most = 0;
+    for (int w = TD_MATRIX_QKV; w <= TD_MATRIX_HEAD; w++) {
+        int64_t n, k;
+        td_model_matrix_shape(m, (td_matrix)w, &n, &k);
+        if (n * k > most)
+            most = n * k;
+    }
+    if (most < EMBED_CHUNK * E * 2) /* the buffer also stages embedding rows (f32) */
+        most = EMBED_CHUNK * E * 2;
+    uint16_t *buf = malloc((size_t)most * sizeof *buf);
+    int32_t *ids = malloc(EMBED_CHUNK * sizeof *ids);
+    f->layers = calloc((size_t)c->n_layers, sizeof *f->layers);
+    tandem_status st = TANDEM_OK;
+    if (!buf || !ids || !f->layers) {
+        st = td_fail(err, TANDEM_ERR_OUT_OF_MEMORY, "forward: out of host memory to stage the weights");
+        goto done;
+    }
+#define MATRIX(layer, which, out)                                                                                      \
+    do {                                                                                                               \
+        int64_t n_, k_;                                                                                                \
+        td_model_matrix_shape(m, which, &n_, &k_);                                                                     \
+        if ((st = td_model_matrix(m, layer, which, buf, err)) ||                                                       \
+            (st = td_dev_weights_create(f->dev, n_, k_, buf, out, err)))                                               \
+            goto done;                                                                                                 \
+    } while (0)
+    for (int32_t l = 0; l < c->n_layers; l++) {
+        dev_layer *L = &f->layers[l];
+        if ((st = upload(f, m->layers[l].attn_norm, (size_t)E * 4, (void **)&L->attn_norm, err)) ||
+            (st = upload(f, m->layers[l].ffn_norm, (size_t)E * 4, (void **)&L->ffn_norm, err)))
+            goto done;
+        MATRIX(l, TD_MATRIX_QKV, &L->wqkv);
+        MATRIX(l, TD_MATRIX_O, &L->wo);
+        MATRIX(l, TD_MATRIX_GATE_UP, &L->wgu);
+        MATRIX(l, TD_MATRIX_DOWN, &L->wdown);
+    }
+    MATRIX(0, TD_MATRIX_HEAD, &f->head);
+#undef MATRIX
+    if ((st = upload(f, m->out_norm, (size_t)E * 4, (void **)&f->out_norm, err)) ||
+        (st = upload(f, m->inv_freq, (size_t)(c->rope_dim / 2) * sizeof(double), (void **)&f->inv_freq, err)) ||
+        (st = td_dev_alloc(f->dev, (size_t)V * (size_t)E * 4, (void **)&f->tok_embd, err)))
+        goto done;
+    for (int64_t r0 = 0; r0 < V; r0 += EMBED_CHUNK) {
+        const int64_t n = V - r0 < EMBED_CHUNK ? V - r0 : EMBED_CHUNK;
+        for (int64_t i = 0; i < n; i++)
+            ids[i] = (int32_t)(r0 + i);
+        if ((st = td_model_embed(m, ids, n, (float *)buf, err)) ||
+            (st = td_dev_copy(f->dev, f->s, f->tok_embd + r0 * E, buf, (size_t)(n * E) * 4, TD_COPY_H2D, err)) ||
+            (st = td_dev_stream_sync(f->dev, f->s, err)))
+            goto done;
+    }
+done:
+    free(buf);
+    free(ids);
+    return st;
+}
+
+static size_t h_width(const td_llama_config *c) {
+    size_t w = (size_t)c->n_embd, q = (size_t)c->n_heads * (size_t)c->head_dim;
+    if (q > w)
+        w = q;
+    if ((size_t)c->n_ff > w)
+        w = (size_t)c->n_ff;
+    return w;
+}
+
+tandem_status td_fwd_dev_create(const td_model *m, td_device *dev, int32_t max_tokens, td_fwd_dev **out,
+                                td_error *err) {
+    *out = NULL;
+    if (m->weights != TD_WEIGHTS_BF16)
+        return td_fail(err, TANDEM_ERR_UNSUPPORTED, "forward: a device runs bf16 weights, not f32");
+    const td_llama_config *c = &m->cfg;
+    td_fwd_dev *f = calloc(1, sizeof *f);
+    if (!f)
+        return td_fail(err, TANDEM_ERR_OUT_OF_MEMORY, "forward: out of memory");
+    f->m = m;
+    f->dev = dev;
+    f->max_tokens = max_tokens;
+    const size_t T = (size_t)max_tokens, E = (size_t)c->n_embd,
+                 W = (size_t)(c->n_heads + 2 * c->n_kv_heads) * (size_t)c->head_dim, F = (size_t)c->n_ff;
+    const size_t max_table = ((size_t)c->n_ctx + 15) / 16; /* blocks of at least 16 tokens */
+    f->meta_cap = 10 * T + T * max_table;
+    td_error e;
+    tandem_status st;
+    if ((st = td_dev_stream_create(dev, &f->s, &e)) || (st = upload_weights(f, &e)) ||
+        (st = td_dev_alloc(dev, T * E * 4, (void **)&f->x, &e)) ||
+        (st = td_dev_alloc(dev, T * E * 4, (void **)&f->xr, &e)) ||
+        (st = td_dev_alloc(dev, T * W * 4, (void **)&f->qkv, &e)) ||
+        (st = td_dev_alloc(dev, (T < TD_FFN_ROWS ? T : TD_FFN_ROWS) * 2 * F * 4, (void **)&f->gu, &e)) ||
+        (st = td_dev_alloc(dev, T * h_width(c) * 2, (void **)&f->h, &e)) ||
+        (st = td_dev_alloc(dev, f->meta_cap * 4, (void **)&f->meta, &e)) ||
+        (st = td_dev_host_alloc(dev, f->meta_cap * 4, (void **)&f->meta_host, &e))) {
+        td_fwd_dev_destroy(f);
+        return td_fail(err, st, "forward on %s: %s", dev->info.name, e.msg);
+    }
+    *out = f;
+    return TANDEM_OK;
+}
+
+tandem_status td_fwd_dev_host_alloc(td_fwd_dev *f, size_t bytes, void **p, td_error *err) {
+    return td_dev_host_alloc(f->dev, bytes, p, err);
+}
+
+void td_fwd_dev_host_free(td_fwd_dev *f, void *p) { td_dev_host_free(f->dev, p); }
+
+/* The step's integer arrays, laid out in meta (offsets in ints). */
+typedef struct step_meta {
+    int32_t ids, pos, slots, rows;
+    int32_t dec_first, dec_n, dec_pos, dec_table, n_dec; /* decode tokens */
+    int32_t pre_first, pre_n, pre_pos, pre_table, n_pre; /* prompt chunks */
+    int32_t stride, max_ctx, max_q;
+    size_t used;
+} step_meta;
+
+/* Fills meta_host for the step: token ids, positions and cache slots, the
+ * logits rows, and each attention call's sequences and block tables. */
+static void lay_out(td_fwd_dev *f, const td_kv_cache *kv, const td_fwd_seq *seqs, int32_t n_seqs, int32_t T,
+                    step_meta *sm) {
+    const int32_t bt = td_kv_get_layout(kv)->block_tokens;
+    int32_t *h = f->meta_host;
+    memset(sm, 0, sizeof *sm);
+    for (int32_t i = 0; i < n_seqs; i++) {
+        const int32_t blocks = (seqs[i].pos + seqs[i].n_tokens + bt - 1) / bt;
+        if (blocks > sm->stride)
+            sm->stride = blocks;
+        if (seqs[i].pos + seqs[i].n_tokens > sm->max_ctx)
+            sm->max_ctx = seqs[i].pos + seqs[i].n_tokens;
+        if (seqs[i].n_tokens > sm->max_q)
+            sm->max_q = seqs[i].n_tokens;
+        if (seqs[i].n_tokens == 1 && !seqs[i].prompt)
+            sm->n_dec++;
+        else
+            sm->n_pre++;
+    }
+    sm->pos = T;
+    sm->slots = 2 * T;
+    sm->rows = 3 * T;
+    sm->dec_first = 4 * T, sm->dec_n = 5 * T, sm->dec_pos = 6 * T;
+    sm->pre_first = 7 * T, sm->pre_n = 8 * T, sm->pre_pos = 9 * T;
+    sm->dec_table = 10 * T;
+    sm->pre_table = sm->dec_table + sm->n_dec * sm->stride;
+    sm->used = (size_t)sm->pre_table + (size_t)sm->n_pre * (size_t)sm->stride;
+
+    int32_t t = 0, r = 0, nd = 0, np = 0;
+    for (int32_t i = 0; i < n_seqs; i++) {
+        const td_fwd_seq *s = &seqs[i];
+        const int32_t *blocks = td_kv_seq_blocks(kv, s->kv_seq);
+        const int32_t nb = (s->pos + s->n_tokens + bt - 1) / bt;
+        const bool dec = s->n_tokens == 1 && !s->prompt;
+        const int32_t j = dec ? nd++ : np++;
+        int32_t *table = h + (dec ? sm->dec_table : sm->pre_table) + (size_t)j * sm->stride;
+        memcpy(table, blocks, (size_t)nb * sizeof *table);
+        memset(table + nb, 0, (size_t)(sm->stride - nb) * sizeof *table);
+        h[(dec ? sm->dec_first : sm->pre_first) + j] = t;
+        h[(dec ? sm->dec_n : sm->pre_n) + j] = s->n_tokens;
+        h[(dec ? sm->dec_pos : sm->pre_pos) + j] = s->pos;
+        for (int32_t k = 0; k < s->n_tokens; k++, t++) {
+            const int32_t p = s->pos + k;
+            h[sm->ids + t] = s->tokens[k];
+            h[sm->pos + t] = p;
+            h[sm->slots + t] = blocks[p / bt] * bt + p % bt;
+            if (s->logits == TD_LOGITS_ALL || (s->logits == TD_LOGITS_LAST && k == s->n_tokens - 1))
+                h[sm->rows + r++] = t;
+        }
+    }
+}
+
+static tandem_status layer(td_fwd_dev *f, const td_dkv *kv, int32_t l, int32_t T, const step_meta *sm, td_error *err) {
+    const td_model *m = f->m;
+    const td_llama_config *c = &m->cfg;
+    const dev_layer *L = &f->layers[l];
+    td_device *d = f->dev;
+    td_stream *s = f->s;
+    const int64_t E = c->n_embd, D = c->head_dim, Q = (int64_t)c->n_heads * D, KV = (int64_t)c->n_kv_heads * D,
+                  W = Q + 2 * KV;
+    tandem_status st;
+    if ((st = td_dev_rmsnorm(d, s, T, E, f->x, E, L->attn_norm, c->rms_eps, f->h, E, TD_DTYPE_BF16, err)) ||
+        (st = td_dev_linear(d, s, L->wqkv, T, f->h, E, f->qkv, W, false, err)) ||
+        /* K's heads follow Q's in a row: one call turns both */
+        (st = td_dev_rope(d, s, T, f->qkv, W, c->n_heads + c->n_kv_heads, c->head_dim, c->rope_dim, f->meta + sm->pos,
+                          f->inv_freq, err)) ||
+        (st = td_dev_kv_append(d, s, kv, l, T, f->qkv + Q, W, f->qkv + Q + KV, W, f->meta + sm->slots, err)))
+        return st;
+    td_dattn a = {.kv = *kv,
+                  .layer = l,
+                  .n_q_heads = c->n_heads,
+                  .scale = (float)(1.0 / sqrt((double)D)),
+                  .table_stride = sm->stride,
+                  .max_ctx = sm->max_ctx,
+                  .q = f->qkv,
+                  .q_stride = W,
+                  .out = f->h,
+                  .out_stride = Q,
+                  .out_dtype = TD_DTYPE_BF16};
+    if (sm->n_dec) {
+        a.n_seqs = sm->n_dec;
+        a.q_first = f->meta + sm->dec_first, a.n_q = f->meta + sm->dec_n, a.pos = f->meta + sm->dec_pos;
+        a.block_table = f->meta + sm->dec_table;
+        a.max_q = 1;
+        if ((st = td_dev_attn_decode(d, s, &a, err)))
+            return st;
+    }
+    if (sm->n_pre) {
+        a.n_seqs = sm->n_pre;
+        a.q_first = f->meta + sm->pre_first, a.n_q = f->meta + sm->pre_n, a.pos = f->meta + sm->pre_pos;
+        a.block_table = f->meta + sm->pre_table;
+        a.max_q = sm->max_q;
+        if ((st = td_dev_attn_prefill(d, s, &a, err)))
+            return st;
+    }
+    if ((st = td_dev_linear(d, s, L->wo, T, f->h, Q, f->x, E, true, err)))
+        return st;
+    for (int32_t r0 = 0; r0 < T; r0 += TD_FFN_ROWS) {
+        const int32_t n = T - r0 < TD_FFN_ROWS ? T - r0 : TD_FFN_ROWS;
+        float *x = f->x + (int64_t)r0 * E;
+        if ((st = td_dev_rmsnorm(d, s, n, E, x, E, L->ffn_norm, c->rms_eps, f->h, E, TD_DTYPE_BF16, err)) ||
+            (st = td_dev_linear(d, s, L->wgu, n, f->h, E, f->gu, 2 * c->n_ff, false, err)) ||
+            (st = td_dev_swiglu(d, s, n, c->n_ff, f->gu, f->h, TD_DTYPE_BF16, err)) ||
+            (st = td_dev_linear(d, s, L->wdown, n, f->h, c->n_ff, x, E, true, err)))
+            return st;
+    }
+    return TANDEM_OK;
+}
+
+tandem_status td_fwd_dev_step(td_fwd_dev *f, const td_kv_cache *kv, const td_fwd_seq *seqs, int32_t n_seqs, int32_t T,
+                              int32_t R, float *logits, td_error *err) {
+    const td_llama_config *c = &f->m->cfg;
+    td_device *d = f->dev;
+    td_stream *s = f->s;
+    const int64_t E = c->n_embd, V = c->n_vocab;
+    tandem_status st;
+    if (R > f->logits_cap) {
+        td_dev_free(d, f->logits);
+        f->logits = NULL;
+        f->logits_cap = 0;
+        if ((st = td_dev_alloc(d, (size_t)R * (size_t)V * 4, (void **)&f->logits, err)))
+            return st;
+        f->logits_cap = R;
+    }
+    step_meta sm;
+    lay_out(f, kv, seqs, n_seqs, T, &sm);
+    if (sm.used > f->meta_cap)
+        return td_fail(err, TANDEM_ERR_INTERNAL, "forward: %zu ints of step metadata (room for %zu)", sm.used,
+                       f->meta_cap);
+    const td_dkv dkv = {
+        .pool = (void *)td_kv_pool(kv), .n_blocks = td_kv_n_blocks(kv), .layout = *td_kv_get_layout(kv)};
+    if ((st = td_dev_copy(d, s, f->meta, f->meta_host, sm.used * 4, TD_COPY_H2D, err)) ||
+        (st = td_dev_embed(d, s, f->tok_embd, TD_DTYPE_F32, V, E, f->meta + sm.ids, T, f->x, err)))
+        goto sync;
+    for (int32_t l = 0; l < c->n_layers; l++)
+        if ((st = layer(f, &dkv, l, T, &sm, err)))
+            goto sync;
+    if (R > 0 && ((st = td_dev_embed(d, s, f->x, TD_DTYPE_F32, T, E, f->meta + sm.rows, R, f->xr, err)) ||
+                  (st = td_dev_rmsnorm(d, s, R, E, f->xr, E, f->out_norm, c->rms_eps, f->h, E, TD_DTYPE_BF16, err)) ||
+                  (st = td_dev_linear(d, s, f->head, R, f->h, E, f->logits, V, false, err)) ||
+                  (st = td_dev_copy(d, s, logits, f->logits, (size_t)R * (size_t)V * 4, TD_COPY_D2H, err))))
+        goto sync;
+sync:;
+    /* Wait for the step even when enqueueing failed part-way: meta_host
+     * and the workspace must be idle before the next step reuses them. */
+    td_error e2;
+    tandem_status st2 = td_dev_stream_sync(d, s, &e2);
+    if (st == TANDEM_OK && st2 != TANDEM_OK)
+        st = td_fail(err, st2, "forward on %s: %s", d->info.name, e2.msg);
+    return st;
+}

@@ -1,0 +1,41 @@
+/* The forward pass on a device (mode `device`): weights, activations and the
+ * KV cache in device memory, every op on one device stream, the host only
+ * uploading a step's ids and tables and reading back its logits.
+ *
+ * The same layer as engine/forward.c, op for op, with the device's
+ * versions of the host kernels (gpu/device.h):
+ *
+ *   x = embed(ids)
+ *   per layer:  h = rmsnorm(x);  qkv = h Wqkv;  rope(q, k);  kv_append(k, v)
+ *               h = attention(q, cache);  x += h Wo
+ *               per 256 rows: h = rmsnorm(x);  gu = h Wgu;  h = swiglu(gu);  x += h Wdown
+ *   logits = rmsnorm(x[rows]) Whead
+ *
+ * so on the emulated device (which runs the host kernels on weights in the
+ * host's layout) it gives the host path's bits, and on a GPU its own
+ * rounding of the same function. The rows asked for are gathered with the
+ * embedding kernel (a row gather over x). The token embedding goes to the
+ * device dequantized to fp32: the values the host looks up.
+ *
+ * Internal to engine/forward.c, which owns the batch checks and the API. */
+#ifndef TD_ENGINE_FORWARD_DEVICE_H
+#define TD_ENGINE_FORWARD_DEVICE_H
+
+#include "engine/forward.h"
+#include "gpu/device.h"
+
+typedef struct td_fwd_dev td_fwd_dev;
+
+tandem_status td_fwd_dev_create(const td_model *m, td_device *dev, int32_t max_tokens, td_fwd_dev **out, td_error *err);
+void td_fwd_dev_destroy(td_fwd_dev *f);
+
+/* One step over a batch forward.c has checked: T tokens, R logits rows,
+ * written to logits (host, [R][n_vocab]). kv's pool is device memory. */
+tandem_status td_fwd_dev_step(td_fwd_dev *f, const td_kv_cache *kv, const td_fwd_seq *seqs, int32_t n_seqs, int32_t T,
+                              int32_t R, float *logits, td_error *err);
+
+/* Host memory for the logits the device writes back (pinned), and its release. */
+tandem_status td_fwd_dev_host_alloc(td_fwd_dev *f, size_t bytes, void **p, td_error *err);
+void td_fwd_dev_host_free(td_fwd_dev *f, void *p);
+
+#endif /* TD_ENGINE_FORWARD_DEVICE_H */
