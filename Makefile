@@ -6,6 +6,7 @@
 #               libFuzzer run), then the release build with gcc (CUDA plugin included when
 #               nvcc is present)
 #   make bench-attention   the decode-attention benchmark; bench-full: its full sweep
+#   make bench-device      device GEMM and copy throughput (DEVICE=emu or cuda)
 #   make format       clang-format every source
 BUILD ?= build
 BUILD_SAN ?= build-sanitize
@@ -14,7 +15,7 @@ CMAKE_FLAGS ?=
 # nvcc lives here on machines with the CUDA toolkit; CMake finds it on PATH
 export PATH := $(PATH):/usr/local/cuda/bin
 
-.PHONY: all setup build build-sanitize run test bench bench-attention bench-full format clean
+.PHONY: all setup build build-sanitize run test bench bench-attention bench-full bench-device format clean
 all: build
 
 setup:
@@ -36,6 +37,11 @@ run: build
 bench: build
 	@scripts/fetch-model >/dev/null
 	$(BUILD)/bench/bench_forward
+
+DEVICE ?= emu
+bench-device: build
+	@scripts/fetch-model >/dev/null
+	$(BUILD)/bench/bench_device --device $(DEVICE)
 
 bench-attention: build
 	$(BUILD)/bench/bench_attention
