@@ -50,9 +50,29 @@ static void test_open_errors(void) {
 
     tandem_config_init(&c);
     c.model_path = TD_TEST_MODEL;
+    c.kv_budget_bytes = (size_t)32 << 20;
     c.device = TANDEM_DEVICE_CUDA;
+    tandem_status st = tandem_engine_open(&c, &e);
+    if (st != TANDEM_OK) { /* no GPU (the build machines): a clear refusal */
+        CU_ASSERT_EQUAL(st, TANDEM_ERR_UNSUPPORTED);
+        CU_ASSERT(strstr(tandem_engine_errmsg(e), "cuda") != NULL);
+    }
+    tandem_engine_close(e);
+
+    tandem_config_init(&c);
+    c.model_path = TD_TEST_MODEL;
+    c.device = TANDEM_DEVICE_CPU;
+    c.mode = TANDEM_MODE_DEVICE;
     CU_ASSERT_EQUAL(tandem_engine_open(&c, &e), TANDEM_ERR_UNSUPPORTED);
-    CU_ASSERT(strstr(tandem_engine_errmsg(e), "cuda") != NULL);
+    CU_ASSERT(strstr(tandem_engine_errmsg(e), "needs a device") != NULL);
+    tandem_engine_close(e);
+
+    tandem_config_init(&c);
+    c.model_path = TD_TEST_MODEL;
+    c.device = TANDEM_DEVICE_EMU;
+    c.kv_budget_bytes = (size_t)64 << 30; /* more than the emulated device's memory */
+    CU_ASSERT_EQUAL(tandem_engine_open(&c, &e), TANDEM_ERR_OUT_OF_MEMORY);
+    CU_ASSERT(strstr(tandem_engine_errmsg(e), "does not fit") != NULL);
     tandem_engine_close(e);
 
     tandem_config_init(&c);
@@ -236,6 +256,43 @@ static void test_batch_matches_alone(void) {
     tandem_engine_close(e);
 }
 
+/* Where an engine runs: device auto names its choice (and why it fell back
+ * to the CPU); device emu runs mode device and gives the CPU's tokens. */
+static void test_devices(void) {
+    tandem_engine *cpu = open_default();
+    const char *where = tandem_engine_device(cpu);
+    CU_ASSERT(!strncmp(where, "cpu (", 5) || !strncmp(where, "cuda: ", 6));
+    tandem_config c;
+    tandem_config_init(&c);
+    c.model_path = TD_TEST_MODEL;
+    c.kv_budget_bytes = (size_t)64 << 20;
+    c.device = TANDEM_DEVICE_EMU;
+    c.mode = TANDEM_MODE_DEVICE;
+    tandem_engine *emu = NULL;
+    tandem_status st = tandem_engine_open(&c, &emu);
+    if (st)
+        fprintf(stderr, "\n  %s\n", tandem_engine_errmsg(emu));
+    CU_ASSERT_EQUAL_FATAL(st, TANDEM_OK);
+    CU_ASSERT(strstr(tandem_engine_device(emu), "emu") != NULL);
+    tandem_stats stats;
+    stats.struct_size = sizeof stats;
+    CU_ASSERT_EQUAL(tandem_engine_stats(emu, &stats), TANDEM_OK);
+    CU_ASSERT_EQUAL(stats.kv_bytes_total >> 20, 63); /* whole blocks of the 64 MiB asked for */
+    tandem_sampling s;
+    greedy(&s, 16);
+    tandem_request *a = NULL, *b = NULL;
+    CU_ASSERT_EQUAL_FATAL(tandem_submit_text(cpu, CHAT, strlen(CHAT), &s, NULL, &a), TANDEM_OK);
+    CU_ASSERT_EQUAL_FATAL(tandem_submit_text(emu, CHAT, strlen(CHAT), &s, NULL, &b), TANDEM_OK);
+    CU_ASSERT_EQUAL(tandem_run(cpu, NULL), TANDEM_OK);
+    CU_ASSERT_EQUAL(tandem_run(emu, NULL), TANDEM_OK);
+    size_t na, nb;
+    const char *ta = tandem_request_text(a, &na), *tb = tandem_request_text(b, &nb);
+    CU_ASSERT(na == nb && !memcmp(ta, tb, na));
+    CU_ASSERT(nb >= strlen(ANSWER) && !memcmp(tb, ANSWER, strlen(ANSWER)));
+    tandem_engine_close(emu);
+    tandem_engine_close(cpu);
+}
+
 static void test_request_errors_and_cancel(void) {
     tandem_engine *e = open_default();
     tandem_sampling s;
@@ -312,6 +369,7 @@ void td_test_register(void) {
         {"greedy chat answer, callbacks, stats, stop string", test_generate_chat},
         {"chat messages through the model's template", test_chat},
         {"a batch gives what each request gives alone", test_batch_matches_alone},
+        {"devices: auto names its choice, emu equals the cpu", test_devices},
         {"request errors, cancel, free unfinished", test_request_errors_and_cancel},
         {"close with requests left", test_close_with_requests},
         {NULL, NULL},

@@ -161,6 +161,41 @@ class Cli(unittest.TestCase):
         for i in ids:
             self.assertEqual(got[i]["completion"], want[i]["completion"], i)
 
+    def test_device_emu_equals_cpu(self):
+        # mode device on the emulated device: every op through the device interface, the same tokens,
+        # also when the KV pool is small enough to preempt (the pool is then the device's)
+        inp = write_lines("emu.jsonl", jsonl(PROMPTS))
+        p = run(["--input", inp, "--output", path("emu.out"), "--max-tokens", "24", "--device", "emu",
+                 "--mode", "device"])
+        self.assertIn("device emu", p.stderr)
+        out = by_id(records("emu.out"))
+        for i, r in self.reference.items():
+            self.assertEqual(out[i]["completion"], r["completion"], i)
+        run(["--input", inp, "--output", path("emu2.out"), "--max-tokens", "24", "--device", "emu",
+             "--kv-budget", "2M"])
+        out = by_id(records("emu2.out"))
+        for i, r in self.reference.items():
+            self.assertEqual(out[i]["completion"], r["completion"], i)
+
+    def test_device_errors(self):
+        inp = write_lines("dev.jsonl", jsonl(PROMPTS[:1]))
+        # auto says where it runs, and why when it falls back
+        p = run(["--input", inp, "--output", path("auto.out"), "--max-tokens", "4"])
+        self.assertRegex(p.stderr, r"device (cpu \(.*cuda.*\)|cuda: )")
+        p = run(["--input", inp, "--output", path("cuda.out"), "--device", "cuda"], check=False)
+        if p.returncode != 0:  # no GPU here: one clear line, the job does not run
+            self.assertEqual(p.returncode, 2)
+            self.assertIn("device cuda", p.stderr)
+        p = run(["--input", inp, "--output", path("h.out"), "--mode", "hybrid", "--device", "emu"], check=False)
+        self.assertEqual(p.returncode, 2)
+        self.assertIn("hybrid", p.stderr)
+        p = run(["--input", inp, "--output", path("c.out"), "--mode", "device", "--device", "cpu"], check=False)
+        self.assertEqual(p.returncode, 2)
+        self.assertIn("needs a device", p.stderr)
+        p = run(["--input", inp, "--output", path("x.out"), "--device", "tpu"], check=False)
+        self.assertEqual(p.returncode, 1)
+        self.assertIn("--device", p.stderr)
+
     def test_usage_errors(self):
         p = subprocess.run([TANDEM, "generate", "--help"], capture_output=True, text=True)
         self.assertEqual(p.returncode, 0)
