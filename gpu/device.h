@@ -20,9 +20,18 @@
  * Conventions, for every backend:
  *   - Every call that enqueues work returns at once. Arguments the host can
  *     see (sizes, strides, dtypes, null pointers) are checked at enqueue:
- *     a bad one is TANDEM_ERR_INVALID_ARGUMENT and nothing is enqueued.
- *     A failure while the work runs is sticky on the stream and comes back
- *     from td_dev_stream_sync / td_dev_event_sync on that stream.
+ *     a bad one is TANDEM_ERR_INVALID_ARGUMENT (or UNSUPPORTED) and nothing
+ *     is enqueued. A failure while the work runs (TANDEM_ERR_DEVICE, or the
+ *     op's own status) is kept by the stream and returned, once, by the
+ *     stream's next td_dev_stream_sync. On a GPU a fault that breaks the
+ *     context (an illegal address) breaks every stream.
+ *   - Device-side values are checked where a kernel reads them: attention
+ *     that meets a block id outside the pool, or a sequence beyond max_ctx
+ *     / max_q, skips it and fails the stream; kv_append skips a slot
+ *     outside the pool. Neither reads or writes out of bounds.
+ *   - mem_used counts what alloc and weights_create hand out, against
+ *     mem_total; a backend's own workspaces (cuBLAS's, attention scratch)
+ *     are outside both.
  *   - Pointers given to kernels are device memory (td_dev_alloc) unless the
  *     description says host. Sizes and strides are in elements unless they
  *     say bytes. Matrices are row-major.

@@ -73,6 +73,8 @@ tandem_status td_dev_check_attn(const td_dattn *a, bool decode, td_error *err) {
         return td_fail(err, TANDEM_ERR_INVALID_ARGUMENT, "%s: %d sequences, or a null array", call, a->n_seqs);
     if (a->max_ctx < 1 || a->max_q < 1 || (decode && a->max_q != 1))
         return td_fail(err, TANDEM_ERR_INVALID_ARGUMENT, "%s: max_ctx %d, max_q %d", call, a->max_ctx, a->max_q);
+    if (!(a->scale > 0) || a->scale > 1e30f)
+        return td_fail(err, TANDEM_ERR_INVALID_ARGUMENT, "%s: scale %g", call, (double)a->scale);
     const int64_t row = (int64_t)a->n_q_heads * a->kv.layout.head_dim;
     const int32_t bt = a->kv.layout.block_tokens;
     if (a->table_stride < (a->max_ctx + bt - 1) / bt)

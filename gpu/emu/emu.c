@@ -375,8 +375,28 @@ static tandem_status pool_view(td_stream *s, const td_dkv *kv, td_error *err) {
     return st;
 }
 
+/* The device-side values a kernel would check as it reads them: each
+ * sequence within the host bounds, each block id within the pool. */
+static tandem_status check_seqs(const td_dattn *a, bool decode, td_error *err) {
+    const int32_t bt = a->kv.layout.block_tokens;
+    for (int32_t i = 0; i < a->n_seqs; i++) {
+        const int32_t n = decode ? 1 : a->n_q[i], end = a->pos[i] + n;
+        if (n < 1 || n > a->max_q || a->pos[i] < 0 || end > a->max_ctx || a->q_first[i] < 0)
+            return td_fail(err, TANDEM_ERR_DEVICE, "%s: sequence %d (%d queries at %d) outside max_q %d, max_ctx %d",
+                           decode ? "attn_decode" : "attn_prefill", i, n, a->pos[i], a->max_q, a->max_ctx);
+        const int32_t *t = a->block_table + (int64_t)i * a->table_stride;
+        for (int32_t b = 0; b < (end + bt - 1) / bt; b++)
+            if (t[b] < 0 || t[b] >= a->kv.n_blocks)
+                return td_fail(err, TANDEM_ERR_DEVICE, "%s: sequence %d: block id %d outside the pool of %d",
+                               decode ? "attn_decode" : "attn_prefill", i, t[b], a->kv.n_blocks);
+    }
+    return TANDEM_OK;
+}
+
 static tandem_status run_attn(td_stream *s, const td_dattn *a, bool decode, td_error *err) {
     tandem_status st = pool_view(s, &a->kv, err);
+    if (st == TANDEM_OK)
+        st = check_seqs(a, decode, err);
     if (st)
         return st;
     const size_t esz = td_dtype_size(a->out_dtype);
