@@ -113,7 +113,8 @@ static tandem_status open_device(tandem_engine *e) {
     tandem_status st = td_device_open(&dc, &e->dev, &de);
     if (st != TANDEM_OK) {
         if (c->device != TANDEM_DEVICE_AUTO)
-            return fail(e, st, "device %s: %s", c->device == TANDEM_DEVICE_EMU ? "emu" : "cuda", de.msg);
+            /* the plugin's messages start with "cuda: " */
+            return fail(e, st, c->device == TANDEM_DEVICE_EMU ? "device emu: %s" : "device %s", de.msg);
         if (c->mode != TANDEM_MODE_AUTO)
             return fail(e, st, "mode device: no device (%s)", de.msg);
         snprintf(e->where, sizeof e->where, "cpu (%s)", de.msg);
