@@ -307,12 +307,18 @@ tandem_status td_matmul_bf16(td_gemm *g, const td_matmul *mm, td_error *err) {
         (mm->accumulate && mm->c_dtype != TD_DTYPE_F32))
         return td_fail(err, TANDEM_ERR_UNSUPPORTED, "matmul: C of dtype %s%s", td_dtype_name(mm->c_dtype),
                        mm->accumulate ? " with accumulate" : "");
-    /* A stride of 0 is a batch dimension of 1, which oneDNN broadcasts. */
+    /* A stride of 0 is a batch dimension of 1, which oneDNN broadcasts. A
+     * dimension of 1 still gets its dense stride: given 0, oneDNN reads the
+     * layout as another format and falls back to its reference kernel (a
+     * 1024^3 GEMM took 20 s instead of 1 ms). */
     const int64_t B = mm->batch;
-    dnnl_dims_t adims = {mm->stride_a ? B : 1, mm->m, mm->k}, astr = {mm->stride_a, mm->lda, 1};
+    const int64_t sa = mm->stride_a && B > 1 ? mm->stride_a : mm->m * mm->lda;
+    const int64_t sb = mm->stride_b && B > 1 ? mm->stride_b : (mm->trans_b ? mm->n : mm->k) * mm->ldb;
+    const int64_t sc = B > 1 ? mm->stride_c : mm->m * mm->ldc;
+    dnnl_dims_t adims = {mm->stride_a ? B : 1, mm->m, mm->k}, astr = {sa, mm->lda, 1};
     dnnl_dims_t bdims = {mm->stride_b ? B : 1, mm->k, mm->n};
-    dnnl_dims_t bstr = {mm->stride_b, mm->trans_b ? 1 : mm->ldb, mm->trans_b ? mm->ldb : 1};
-    dnnl_dims_t cdims = {B, mm->m, mm->n}, cstr = {mm->stride_c, mm->ldc, 1};
+    dnnl_dims_t bstr = {sb, mm->trans_b ? 1 : mm->ldb, mm->trans_b ? mm->ldb : 1};
+    dnnl_dims_t cdims = {B, mm->m, mm->n}, cstr = {sc, mm->ldc, 1};
     dnnl_memory_desc_t amd, bmd, cmd;
     dnnl_status_t s = dnnl_memory_desc_init_by_strides(&amd, 3, adims, dnnl_bf16, astr);
     if (s == dnnl_success)

@@ -90,7 +90,8 @@ typedef struct td_device_info {
  *                 : [k][n] (C = A B), bf16, at b + b * stride_b, rows ldb apart;
  *   C[b]: [m][n] of c_dtype (f32 or bf16), at c + b * stride_c, rows ldc apart.
  * Accumulation is fp32; with accumulate (f32 C only) the product is added
- * to C. batch 1 is the plain GEMM. */
+ * to C. batch 1 is the plain GEMM. With batch > 1 a stride of 0 for A or
+ * B uses the same matrix for every b (broadcast); C's must not overlap. */
 typedef struct td_dgemm {
     int64_t m, n, k;
     int32_t batch;
@@ -145,7 +146,9 @@ typedef struct td_device_ops {
     void (*close)(td_device *d);
 
     /* memory: device memory is zero-filled on allocation; pinned host
-     * memory is what async copies to and from the host should use */
+     * memory is what async copies to and from the host should use. 0 bytes
+     * is INVALID_ARGUMENT, more than is left OUT_OF_MEMORY; free(NULL) is a
+     * no-op. */
     tandem_status (*alloc)(td_device *d, size_t bytes, void **ptr, td_error *err);
     void (*free)(td_device *d, void *ptr);
     tandem_status (*host_alloc)(td_device *d, size_t bytes, void **ptr, td_error *err);
@@ -219,7 +222,8 @@ typedef struct td_device_ops {
 
     /* The k largest logits of each of m rows (row stride x_stride, n
      * values), largest first, ties to the lower id: ids[r][j] and, unless
-     * NULL, vals[r][j]. k <= TD_DEV_TOPK_MAX. k = 1 is argmax. */
+     * NULL, vals[r][j]; rows of ids and vals are k apart. 1 <= k <=
+     * min(n, TD_DEV_TOPK_MAX). k = 1 is argmax. */
     tandem_status (*topk)(td_device *d, td_stream *s, int64_t m, int64_t n, const float *x, int64_t x_stride, int32_t k,
                           int32_t *ids, float *vals, td_error *err);
 } td_device_ops;

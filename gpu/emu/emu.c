@@ -189,6 +189,9 @@ static tandem_status emu_alloc(td_device *dev, size_t bytes, void **ptr, td_erro
     *ptr = NULL;
     if (bytes == 0)
         return td_fail(err, TANDEM_ERR_INVALID_ARGUMENT, "alloc: 0 bytes");
+    if (bytes > d->pub.info.mem_total) /* also keeps the rounding below from wrapping */
+        return td_fail(err, TANDEM_ERR_OUT_OF_MEMORY, "alloc: %zu bytes is more than the device's %zu", bytes,
+                       d->pub.info.mem_total);
     size_t page = (size_t)sysconf(_SC_PAGESIZE), mapped = (bytes + page - 1) / page * page;
     tandem_status st = TANDEM_OK;
     pthread_mutex_lock(&d->lock);
