@@ -115,7 +115,7 @@ static int shapes_of(const options *o, shape *s, char *label, size_t label_size)
     return 5;
 }
 
-static void die(const char *what, const td_error *err) {
+_Noreturn static void die(const char *what, const td_error *err) {
     fprintf(stderr, "bench_device: %s: %s\n", what, err->msg);
     exit(2);
 }
@@ -249,7 +249,7 @@ int main(int argc, char **argv) {
                        .ldb = n,
                        .ldc = n,
                        .c_dtype = TD_DTYPE_F32}};
-        void *pa, *pb, *pc;
+        void *pa = NULL, *pb = NULL, *pc = NULL;
         if (td_dev_alloc(d, (size_t)(n * n * 2), &pa, &err) || td_dev_alloc(d, (size_t)(n * n * 2), &pb, &err) ||
             td_dev_alloc(d, (size_t)(n * n * 4), &pc, &err))
             die("alloc", &err);
