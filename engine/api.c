@@ -190,7 +190,8 @@ static tandem_status open_parts(tandem_engine *e) {
             return keep(e, st);
     } else {
         /* weights and workspace first: the KV pool gets what they leave */
-        if ((st = td_forward_create_on_device(e->model, e->dev, max_tokens, c->threads, &e->fw, err)))
+        if ((st =
+                 td_forward_create_on_device(e->model, e->dev, TD_ATTN_ON_DEVICE, max_tokens, c->threads, &e->fw, err)))
             return keep(e, st);
         const size_t left = e->dev->info.mem_total - td_dev_mem_used(e->dev), room = left / 10 * 9;
         if (!explicit_budget && kc.budget_bytes > room)

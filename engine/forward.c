@@ -106,11 +106,11 @@ tandem_status td_forward_create(const td_model *m, int32_t max_tokens, int n_thr
     return TANDEM_OK;
 }
 
-tandem_status td_forward_create_on_device(const td_model *m, td_device *dev, int32_t max_tokens, int n_threads,
-                                          td_forward **out, td_error *err) {
+tandem_status td_forward_create_on_device(const td_model *m, td_device *dev, td_attn_place attn, int32_t max_tokens,
+                                          int n_threads, td_forward **out, td_error *err) {
     td_forward *f;
     tandem_status st = create(m, max_tokens, n_threads, &f, err);
-    if (st == TANDEM_OK && (st = td_fwd_dev_create(m, dev, max_tokens, &f->dev, err)))
+    if (st == TANDEM_OK && (st = td_fwd_dev_create(m, dev, attn, max_tokens, f->n_threads, &f->dev, err)))
         td_forward_destroy(f);
     if (st == TANDEM_OK)
         *out = f;
@@ -142,6 +142,7 @@ void td_forward_destroy(td_forward *f) {
 }
 
 const td_fwd_stats *td_forward_stats(const td_forward *f) { return &f->stats; }
+td_pipe *td_forward_pipe(td_forward *f) { return f->dev ? td_fwd_dev_pipe(f->dev) : NULL; }
 const td_model *td_forward_model(const td_forward *f) { return f->m; }
 int32_t td_forward_max_tokens(const td_forward *f) { return f->max_tokens; }
 void td_forward_reset_stats(td_forward *f) { memset(&f->stats, 0, sizeof f->stats); }

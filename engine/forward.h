@@ -33,6 +33,7 @@
 #include "cpu/kv_cache.h"
 #include "engine/model.h"
 #include "gpu/device.h"
+#include "pipeline/pipeline.h"
 
 typedef enum td_logits_mode {
     TD_LOGITS_NONE = 0, /* a prefill chunk that is not the prompt's last */
@@ -70,13 +71,24 @@ typedef struct td_forward td_forward;
 tandem_status td_forward_create(const td_model *m, int32_t max_tokens, int n_threads, td_forward **out, td_error *err);
 void td_forward_destroy(td_forward *f);
 
-/* The same steps on a device (engine/forward_device.h): the model's linear
- * layers, norms and embedding are uploaded to dev (the host model may have
- * been loaded with skip_linears), and td_forward_step's kv must be a cache
- * whose pool is dev's memory (td_kv_config.pool). dev must outlive f.
- * n_threads is unused there (the device has its own). */
-tandem_status td_forward_create_on_device(const td_model *m, td_device *dev, int32_t max_tokens, int n_threads,
-                                          td_forward **out, td_error *err);
+/* Where attention runs when the linear layers are on a device. */
+typedef enum td_attn_place {
+    TD_ATTN_ON_DEVICE = 0, /* mode device: the KV cache in device memory */
+    TD_ATTN_ON_CPU = 1,    /* mode cpu-attn: the KV cache in host memory, attention on the CPU */
+} td_attn_place;
+
+/* The same steps with the linear layers on a device
+ * (engine/forward_device.h): the model's linear layers, norms and
+ * embedding are uploaded to dev (the host model may have been loaded with
+ * skip_linears). td_forward_step's kv must be a cache whose pool is dev's
+ * memory (td_kv_config.pool) for TD_ATTN_ON_DEVICE, a host cache for
+ * TD_ATTN_ON_CPU. dev must outlive f. n_threads: the CPU attention's team. */
+tandem_status td_forward_create_on_device(const td_model *m, td_device *dev, td_attn_place attn, int32_t max_tokens,
+                                          int n_threads, td_forward **out, td_error *err);
+
+/* The pipeline of a TD_ATTN_ON_CPU forward pass (its stats, its trace);
+ * NULL for the others. */
+td_pipe *td_forward_pipe(td_forward *f);
 
 /* Runs one step. kv must have the model's layer count, kv heads and head
  * dim. On success *logits points at rows x n_vocab fp32 values (owned by f,

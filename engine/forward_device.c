@@ -5,6 +5,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "cpu/attention.h"
+
 /* Rows per FFN block: the host path's (engine/forward.c), so that a GEMM
  * sees the same row counts on both. */
 #define TD_FFN_ROWS 256
@@ -16,10 +18,16 @@ typedef struct dev_layer {
     td_dweights *wqkv, *wo, *wgu, *wdown;
 } dev_layer;
 
+/* A sub-batch of a cpu-attn step: its tokens [t0, t1), sequences [s0, s1). */
+typedef struct sub_batch {
+    int32_t t0, t1, s0, s1;
+} sub_batch;
+
 struct td_fwd_dev {
     const td_model *m;
     td_device *dev;
-    td_stream *s;
+    td_attn_place attn;
+    td_stream *s; /* the compute stream (the pipeline's, with attention on the CPU) */
     int32_t max_tokens;
     /* weights */
     dev_layer *layers;
@@ -34,6 +42,21 @@ struct td_fwd_dev {
     /* a step's integer arrays: one upload from meta_host to meta */
     int32_t *meta, *meta_host;
     size_t meta_cap; /* ints */
+    /* attention on the CPU */
+    td_pipe *pipe;
+    td_attn *cpu_attn;
+    uint16_t *ao;       /* device: attention output, [max_tokens][q_dim] bf16 */
+    float *qkv_host;    /* pinned staging, [max_tokens][q_dim + 2 kv_dim] */
+    uint16_t *ao_host;  /* pinned staging, [max_tokens][q_dim] bf16 */
+    td_attn_seq *ents;  /* [max_tokens] */
+    td_attn_run *runs;  /* [max_tokens] */
+    int32_t *seq_first; /* [max_tokens]: each sequence's first token */
+    int n_threads;
+    /* the step in flight */
+    td_kv_cache *hkv;
+    const td_fwd_seq *seqs;
+    int32_t pos_off; /* meta offset of the positions */
+    sub_batch sb[TD_PIPE_MAX_SUB];
 };
 
 static void free_weights(td_fwd_dev *f) {
@@ -59,9 +82,18 @@ void td_fwd_dev_destroy(td_fwd_dev *f) {
     if (!f)
         return;
     td_device *d = f->dev;
-    if (f->s)
-        td_dev_stream_destroy(d, f->s); /* waits for its work */
+    if (f->pipe)
+        td_pipe_destroy(f->pipe); /* its streams wait for their work */
+    else if (f->s)
+        td_dev_stream_destroy(d, f->s);
     free_weights(f);
+    td_attn_destroy(f->cpu_attn);
+    td_dev_free(d, f->ao);
+    td_dev_host_free(d, f->qkv_host);
+    td_dev_host_free(d, f->ao_host);
+    free(f->ents);
+    free(f->runs);
+    free(f->seq_first);
     td_dev_free(d, f->x);
     td_dev_free(d, f->xr);
     td_dev_free(d, f->qkv);
@@ -152,8 +184,8 @@ static size_t h_width(const td_llama_config *c) {
     return w;
 }
 
-tandem_status td_fwd_dev_create(const td_model *m, td_device *dev, int32_t max_tokens, td_fwd_dev **out,
-                                td_error *err) {
+tandem_status td_fwd_dev_create(const td_model *m, td_device *dev, td_attn_place attn, int32_t max_tokens,
+                                int n_threads, td_fwd_dev **out, td_error *err) {
     *out = NULL;
     if (m->weights != TD_WEIGHTS_BF16)
         return td_fail(err, TANDEM_ERR_UNSUPPORTED, "forward: a device runs bf16 weights, not f32");
@@ -163,15 +195,36 @@ tandem_status td_fwd_dev_create(const td_model *m, td_device *dev, int32_t max_t
         return td_fail(err, TANDEM_ERR_OUT_OF_MEMORY, "forward: out of memory");
     f->m = m;
     f->dev = dev;
+    f->attn = attn;
+    f->n_threads = n_threads;
     f->max_tokens = max_tokens;
     const size_t T = (size_t)max_tokens, E = (size_t)c->n_embd,
                  W = (size_t)(c->n_heads + 2 * c->n_kv_heads) * (size_t)c->head_dim, F = (size_t)c->n_ff;
     const size_t max_table = ((size_t)c->n_ctx + 15) / 16; /* blocks of at least 16 tokens */
     f->meta_cap = 10 * T + T * max_table;
+    const size_t Q = (size_t)c->n_heads * (size_t)c->head_dim;
     td_error e;
-    tandem_status st;
-    if ((st = td_dev_stream_create(dev, &f->s, &e)) || (st = upload_weights(f, &e)) ||
-        (st = td_dev_alloc(dev, T * E * 4, (void **)&f->x, &e)) ||
+    tandem_status st = TANDEM_OK;
+    if (attn == TD_ATTN_ON_CPU) {
+        f->ents = malloc(T * sizeof *f->ents);
+        f->runs = malloc(T * sizeof *f->runs);
+        f->seq_first = malloc(T * sizeof *f->seq_first);
+        if (!f->ents || !f->runs || !f->seq_first)
+            st = td_fail(&e, TANDEM_ERR_OUT_OF_MEMORY, "out of host memory");
+        if (st || (st = td_pipe_create(dev, &f->pipe, &e)) ||
+            (st = td_attn_create(n_threads, m->isa, &f->cpu_attn, &e)) ||
+            (st = td_dev_alloc(dev, T * Q * 2, (void **)&f->ao, &e)) ||
+            (st = td_dev_host_alloc(dev, T * W * 4, (void **)&f->qkv_host, &e)) ||
+            (st = td_dev_host_alloc(dev, T * Q * 2, (void **)&f->ao_host, &e))) {
+            td_fwd_dev_destroy(f);
+            return td_fail(err, st, "forward on %s: %s", dev->info.name, e.msg);
+        }
+        f->s = td_pipe_stream(f->pipe);
+    } else if ((st = td_dev_stream_create(dev, &f->s, &e))) {
+        td_fwd_dev_destroy(f);
+        return td_fail(err, st, "forward on %s: %s", dev->info.name, e.msg);
+    }
+    if ((st = upload_weights(f, &e)) || (st = td_dev_alloc(dev, T * E * 4, (void **)&f->x, &e)) ||
         (st = td_dev_alloc(dev, T * E * 4, (void **)&f->xr, &e)) ||
         (st = td_dev_alloc(dev, T * W * 4, (void **)&f->qkv, &e)) ||
         (st = td_dev_alloc(dev, (T < TD_FFN_ROWS ? T : TD_FFN_ROWS) * 2 * F * 4, (void **)&f->gu, &e)) ||
@@ -190,6 +243,8 @@ tandem_status td_fwd_dev_host_alloc(td_fwd_dev *f, size_t bytes, void **p, td_er
 }
 
 void td_fwd_dev_host_free(td_fwd_dev *f, void *p) { td_dev_host_free(f->dev, p); }
+
+td_pipe *td_fwd_dev_pipe(td_fwd_dev *f) { return f->pipe; }
 
 /* The step's integer arrays, laid out in meta (offsets in ints). */
 typedef struct step_meta {
@@ -310,6 +365,142 @@ static tandem_status layer(td_fwd_dev *f, const td_dkv *kv, int32_t l, int32_t T
     return TANDEM_OK;
 }
 
+/* ---- attention on the CPU: the pipeline's stages ---------------------------- */
+
+static tandem_status stage_pre(void *ctx, int32_t b, int32_t l, td_stream *s, td_error *err) {
+    td_fwd_dev *f = ctx;
+    const td_llama_config *c = &f->m->cfg;
+    const dev_layer *L = &f->layers[l];
+    const int64_t E = c->n_embd, W = (int64_t)(c->n_heads + 2 * c->n_kv_heads) * c->head_dim;
+    const int32_t t0 = f->sb[b].t0, n = f->sb[b].t1 - t0;
+    tandem_status st;
+    if ((st = td_dev_rmsnorm(f->dev, s, n, E, f->x + t0 * E, E, L->attn_norm, c->rms_eps, f->h, E, TD_DTYPE_BF16,
+                             err)) ||
+        (st = td_dev_linear(f->dev, s, L->wqkv, n, f->h, E, f->qkv + t0 * W, W, false, err)))
+        return st;
+    return td_dev_rope(f->dev, s, n, f->qkv + t0 * W, W, c->n_heads + c->n_kv_heads, c->head_dim, c->rope_dim,
+                       f->meta + f->pos_off + t0, f->inv_freq, err);
+}
+
+static tandem_status stage_down(void *ctx, int32_t b, int32_t l, td_stream *s, td_error *err) {
+    td_fwd_dev *f = ctx;
+    (void)l;
+    const td_llama_config *c = &f->m->cfg;
+    const int64_t W = (int64_t)(c->n_heads + 2 * c->n_kv_heads) * c->head_dim;
+    const int32_t t0 = f->sb[b].t0, n = f->sb[b].t1 - t0;
+    return td_dev_copy(f->dev, s, f->qkv_host + t0 * W, f->qkv + t0 * W, (size_t)(n * W) * 4, TD_COPY_D2H, err);
+}
+
+/* K and V into the host cache, then the host path's attention calls over
+ * the sub-batch: decode entries for single tokens, causal runs for prompt
+ * chunks (engine/forward.c makes the same split). */
+static tandem_status stage_attend(void *ctx, int32_t b, int32_t l, td_error *err) {
+    td_fwd_dev *f = ctx;
+    const td_llama_config *c = &f->m->cfg;
+    const int64_t Q = (int64_t)c->n_heads * c->head_dim, KV = (int64_t)c->n_kv_heads * c->head_dim, W = Q + 2 * KV;
+    const sub_batch *sb = &f->sb[b];
+    int32_t n_ents = 0, n_runs = 0;
+    for (int32_t i = sb->s0; i < sb->s1; i++) {
+        const td_fwd_seq *q = &f->seqs[i];
+        const int32_t t = f->seq_first[i];
+        const int32_t *blocks = td_kv_seq_blocks(f->hkv, q->kv_seq);
+        if (q->n_tokens == 1 && !q->prompt)
+            f->ents[n_ents++] = (td_attn_seq){
+                .q = f->qkv_host + t * W, .blocks = blocks, .n_tokens = q->pos + 1, .out = f->ao_host + t * Q};
+        else
+            f->runs[n_runs++] = (td_attn_run){.q = f->qkv_host + t * W,
+                                              .q_stride = W,
+                                              .blocks = blocks,
+                                              .pos = q->pos,
+                                              .n = q->n_tokens,
+                                              .out = f->ao_host + t * Q,
+                                              .out_stride = Q};
+    }
+    /* check_batch validated every row: the writes cannot fail */
+#pragma omp parallel for schedule(static) if (sb->t1 - sb->t0 >= 8)
+    for (int32_t i = sb->s0; i < sb->s1; i++) {
+        const td_fwd_seq *q = &f->seqs[i];
+        const float *row = f->qkv_host + (int64_t)f->seq_first[i] * W;
+        for (int32_t j = 0; j < q->n_tokens; j++, row += W)
+            (void)td_kv_write(f->hkv, q->kv_seq, l, q->pos + j, 1, row + Q, row + Q + KV, TD_DTYPE_F32, NULL);
+    }
+    const float scale = (float)(1.0 / sqrt((double)c->head_dim));
+    tandem_status st = TANDEM_OK;
+    if (n_ents) {
+        td_attn_batch a = {.kv = f->hkv,
+                           .layer = l,
+                           .n_q_heads = c->n_heads,
+                           .scale = scale,
+                           .out_dtype = TD_DTYPE_BF16,
+                           .seqs = f->ents,
+                           .n_seqs = n_ents};
+        st = td_attn_decode(f->cpu_attn, &a, err);
+    }
+    if (st == TANDEM_OK && n_runs) {
+        td_attn_prefill_batch a = {.kv = f->hkv,
+                                   .layer = l,
+                                   .n_q_heads = c->n_heads,
+                                   .scale = scale,
+                                   .out_dtype = TD_DTYPE_BF16,
+                                   .runs = f->runs,
+                                   .n_runs = n_runs};
+        st = td_attn_prefill(f->cpu_attn, &a, err);
+    }
+    return st;
+}
+
+static tandem_status stage_up(void *ctx, int32_t b, int32_t l, td_stream *s, td_error *err) {
+    td_fwd_dev *f = ctx;
+    (void)l;
+    const int64_t Q = (int64_t)f->m->cfg.n_heads * f->m->cfg.head_dim;
+    const int32_t t0 = f->sb[b].t0, n = f->sb[b].t1 - t0;
+    return td_dev_copy(f->dev, s, f->ao + t0 * Q, f->ao_host + t0 * Q, (size_t)(n * Q) * 2, TD_COPY_H2D, err);
+}
+
+static tandem_status stage_post(void *ctx, int32_t b, int32_t l, td_stream *s, td_error *err) {
+    td_fwd_dev *f = ctx;
+    const td_llama_config *c = &f->m->cfg;
+    const dev_layer *L = &f->layers[l];
+    const int64_t E = c->n_embd, Q = (int64_t)c->n_heads * c->head_dim;
+    const int32_t t0 = f->sb[b].t0, t1 = f->sb[b].t1;
+    tandem_status st = td_dev_linear(f->dev, s, L->wo, t1 - t0, f->ao + t0 * Q, Q, f->x + t0 * E, E, true, err);
+    /* the FFN in the host path's blocks of rows (rows are independent) */
+    for (int32_t r0 = t0; st == TANDEM_OK && r0 < t1; r0 += TD_FFN_ROWS) {
+        const int32_t n = t1 - r0 < TD_FFN_ROWS ? t1 - r0 : TD_FFN_ROWS;
+        float *x = f->x + (int64_t)r0 * E;
+        if ((st = td_dev_rmsnorm(f->dev, s, n, E, x, E, L->ffn_norm, c->rms_eps, f->h, E, TD_DTYPE_BF16, err)) ||
+            (st = td_dev_linear(f->dev, s, L->wgu, n, f->h, E, f->gu, 2 * c->n_ff, false, err)) ||
+            (st = td_dev_swiglu(f->dev, s, n, c->n_ff, f->gu, f->h, TD_DTYPE_BF16, err)))
+            break;
+        st = td_dev_linear(f->dev, s, L->wdown, n, f->h, c->n_ff, x, E, true, err);
+    }
+    return st;
+}
+
+static const td_pipe_stages cpu_attn_stages = {stage_pre, stage_down, stage_attend, stage_up, stage_post};
+
+/* Splits the batch in two sub-batches of about equal CPU attention work
+ * (cached tokens read per query, and a fixed cost per token), at a
+ * sequence boundary; one sub-batch when there is one sequence. */
+static int32_t split(td_fwd_dev *f, const td_fwd_seq *seqs, int32_t n_seqs) {
+    double total = 0, part = 0;
+    int32_t t = 0;
+    for (int32_t i = 0; i < n_seqs; i++) {
+        f->seq_first[i] = t;
+        t += seqs[i].n_tokens;
+        total += (double)seqs[i].n_tokens * (seqs[i].pos + seqs[i].n_tokens + 64.0);
+    }
+    int32_t cut = 1;
+    for (; cut < n_seqs - 1; cut++) {
+        part += (double)seqs[cut - 1].n_tokens * (seqs[cut - 1].pos + seqs[cut - 1].n_tokens + 64.0);
+        if (part + (double)seqs[cut].n_tokens * (seqs[cut].pos + seqs[cut].n_tokens + 64.0) / 2 >= total / 2)
+            break;
+    }
+    f->sb[0] = (sub_batch){.t0 = 0, .t1 = n_seqs > 1 ? f->seq_first[cut] : t, .s0 = 0, .s1 = n_seqs > 1 ? cut : 1};
+    f->sb[1] = (sub_batch){.t0 = f->sb[0].t1, .t1 = t, .s0 = f->sb[0].s1, .s1 = n_seqs};
+    return n_seqs > 1 ? 2 : 1;
+}
+
 tandem_status td_fwd_dev_step(td_fwd_dev *f, const td_kv_cache *kv, const td_fwd_seq *seqs, int32_t n_seqs, int32_t T,
                               int32_t R, float *logits, td_error *err) {
     const td_llama_config *c = &f->m->cfg;
@@ -335,9 +526,18 @@ tandem_status td_fwd_dev_step(td_fwd_dev *f, const td_kv_cache *kv, const td_fwd
     if ((st = td_dev_copy(d, s, f->meta, f->meta_host, sm.used * 4, TD_COPY_H2D, err)) ||
         (st = td_dev_embed(d, s, f->tok_embd, TD_DTYPE_F32, V, E, f->meta + sm.ids, T, f->x, err)))
         goto sync;
-    for (int32_t l = 0; l < c->n_layers; l++)
-        if ((st = layer(f, &dkv, l, T, &sm, err)))
+    if (f->attn == TD_ATTN_ON_CPU) {
+        f->hkv = (td_kv_cache *)kv; /* the host cache: its rows are written by stage_attend only */
+        f->seqs = seqs;
+        f->pos_off = sm.pos;
+        const int32_t n_sub = split(f, seqs, n_seqs);
+        if ((st = td_pipe_run(f->pipe, n_sub, c->n_layers, &cpu_attn_stages, f, err)))
             goto sync;
+    } else {
+        for (int32_t l = 0; l < c->n_layers; l++)
+            if ((st = layer(f, &dkv, l, T, &sm, err)))
+                goto sync;
+    }
     if (R > 0 && ((st = td_dev_embed(d, s, f->x, TD_DTYPE_F32, T, E, f->meta + sm.rows, R, f->xr, err)) ||
                   (st = td_dev_rmsnorm(d, s, R, E, f->xr, E, f->out_norm, c->rms_eps, f->h, E, TD_DTYPE_BF16, err)) ||
                   (st = td_dev_linear(d, s, f->head, R, f->h, E, f->logits, V, false, err)) ||
@@ -347,7 +547,7 @@ sync:;
     /* Wait for the step even when enqueueing failed part-way: meta_host
      * and the workspace must be idle before the next step reuses them. */
     td_error e2;
-    tandem_status st2 = td_dev_stream_sync(d, s, &e2);
+    tandem_status st2 = f->pipe ? td_pipe_finish(f->pipe, &e2) : td_dev_stream_sync(d, s, &e2);
     if (st == TANDEM_OK && st2 != TANDEM_OK)
         st = td_fail(err, st2, "forward on %s: %s", d->info.name, e2.msg);
     return st;

@@ -17,25 +17,53 @@
  * embedding kernel (a row gather over x). The token embedding goes to the
  * device dequantized to fp32: the values the host looks up.
  *
+ * With attention on the CPU (mode cpu-attn) the layer is cut around
+ * attention: the device runs norm, QKV and RoPE ("pre"), the rows go down
+ * to the host, the CPU appends K and V to the host cache and attends with
+ * the host's kernels ("attend"), the output goes up and the device runs
+ * the O projection and the FFN ("post"), for two sub-batches in turn
+ * (pipeline/pipeline.h). Every op is the host path's, so on the emulated
+ * device the tokens are the CPU-only path's.
+ *
+ * With attention on the CPU (mode cpu-attn) the layer is cut around
+ * attention: the device runs norm, QKV and RoPE ("pre"), the rows go down
+ * to the host, the CPU appends K and V to the host cache and attends with
+ * the host's kernels ("attend"), the output goes up and the device runs
+ * the O projection and the FFN ("post"), for two sub-batches in turn
+ * (pipeline/pipeline.h). Every op is the host path's, so on the emulated
+ * device the tokens are the CPU-only path's.
+ *
  * Internal to engine/forward.c, which owns the batch checks and the API. */
 #ifndef TD_ENGINE_FORWARD_DEVICE_H
 #define TD_ENGINE_FORWARD_DEVICE_H
 
 #include "engine/forward.h"
 #include "gpu/device.h"
+#include "pipeline/pipeline.h"
 
 typedef struct td_fwd_dev td_fwd_dev;
 
-tandem_status td_fwd_dev_create(const td_model *m, td_device *dev, int32_t max_tokens, td_fwd_dev **out, td_error *err);
+/* attn TD_ATTN_ON_CPU: the KV cache is the host's and attention runs on
+ * the CPU (n_threads), the batch split in two sub-batches that the
+ * pipeline (pipeline/pipeline.h) overlaps with the device's work. */
+tandem_status td_fwd_dev_create(const td_model *m, td_device *dev, td_attn_place attn, int32_t max_tokens,
+                                int n_threads, td_fwd_dev **out, td_error *err);
 void td_fwd_dev_destroy(td_fwd_dev *f);
 
 /* One step over a batch forward.c has checked: T tokens, R logits rows,
- * written to logits (host, [R][n_vocab]). kv's pool is device memory. */
+ * written to logits (host, [R][n_vocab]). kv's pool is device memory, or
+ * with TD_ATTN_ON_CPU host memory. */
 tandem_status td_fwd_dev_step(td_fwd_dev *f, const td_kv_cache *kv, const td_fwd_seq *seqs, int32_t n_seqs, int32_t T,
                               int32_t R, float *logits, td_error *err);
 
 /* Host memory for the logits the device writes back (pinned), and its release. */
 tandem_status td_fwd_dev_host_alloc(td_fwd_dev *f, size_t bytes, void **p, td_error *err);
 void td_fwd_dev_host_free(td_fwd_dev *f, void *p);
+
+/* The pipeline of TD_ATTN_ON_CPU (NULL otherwise). */
+td_pipe *td_fwd_dev_pipe(td_fwd_dev *f);
+
+/* The pipeline of TD_ATTN_ON_CPU (NULL otherwise). */
+td_pipe *td_fwd_dev_pipe(td_fwd_dev *f);
 
 #endif /* TD_ENGINE_FORWARD_DEVICE_H */

@@ -224,14 +224,14 @@ static void test_logits_bf16(void) { logits_vs_oracle(TD_WEIGHTS_BF16, TD_DTYPE_
  * O.gen tokens. With stagger, prompt i joins at step i instead (so steps mix
  * prefills and decodes, as under continuous batching) and the prompts are
  * prefilled in chunks of `chunk` tokens. */
-static void generate_on(td_device *dev, td_model *m, td_dtype kv_dtype, const uint32_t *which, uint32_t n, bool stagger,
-                        int32_t chunk, int32_t (*out)[64], float *first_logits) {
+static void generate_on(td_device *dev, td_attn_place attn, td_model *m, td_dtype kv_dtype, const uint32_t *which,
+                        uint32_t n, bool stagger, int32_t chunk, int32_t (*out)[64], float *first_logits) {
     void *pool = NULL;
-    td_kv_cache *kv = kv_on(m, kv_dtype, (int32_t)n, dev, &pool);
+    td_kv_cache *kv = kv_on(m, kv_dtype, (int32_t)n, attn == TD_ATTN_ON_DEVICE ? dev : NULL, &pool);
     td_forward *fw = NULL;
     td_error err;
     if (dev)
-        TD_ASSERT_OK(td_forward_create_on_device(m, dev, MAX_TOKENS, 0, &fw, &err), &err);
+        TD_ASSERT_OK(td_forward_create_on_device(m, dev, attn, MAX_TOKENS, 0, &fw, &err), &err);
     else
         TD_ASSERT_OK(td_forward_create(m, MAX_TOKENS, 0, &fw, &err), &err);
     int32_t seq[16], done_prompt[16] = {0}, n_gen[16] = {0}, last[16];
@@ -291,13 +291,13 @@ static void generate_on(td_device *dev, td_model *m, td_dtype kv_dtype, const ui
     }
     td_forward_destroy(fw);
     td_kv_destroy(kv);
-    if (dev)
+    if (pool)
         td_dev_free(dev, pool);
 }
 
 static void generate(td_model *m, td_dtype kv_dtype, const uint32_t *which, uint32_t n, bool stagger, int32_t chunk,
                      int32_t (*out)[64]) {
-    generate_on(NULL, m, kv_dtype, which, n, stagger, chunk, out, NULL);
+    generate_on(NULL, TD_ATTN_ON_DEVICE, m, kv_dtype, which, n, stagger, chunk, out, NULL);
 }
 
 static void greedy_vs_oracle(td_weights w, td_dtype kv_dtype, float gap_tol) {
@@ -362,7 +362,7 @@ static void test_batch_equals_single(void) {
  * with chunked prefill, so that steps mix both attention kinds. */
 #define DEVICE_TOL 0.0f
 
-static void test_device_emu_equals_host(void) {
+static void device_emu_equals_host(td_attn_place attn) {
     td_model *m = model(TD_WEIGHTS_BF16);
     td_device_config dc;
     td_device_config_default(&dc);
@@ -377,10 +377,10 @@ static void test_device_emu_equals_host(void) {
     float *lh = malloc(nl * sizeof *lh), *le = malloc(nl * sizeof *le);
     CU_ASSERT_PTR_NOT_NULL_FATAL(lh);
     CU_ASSERT_PTR_NOT_NULL_FATAL(le);
-    generate_on(NULL, m, TD_DTYPE_BF16, which, O.n_prompts, false, 0, host, lh);
-    generate_on(dev, m, TD_DTYPE_BF16, which, O.n_prompts, false, 0, emu, le);
-    generate_on(NULL, m, TD_DTYPE_BF16, which, O.n_prompts, true, 7, host_st, NULL);
-    generate_on(dev, m, TD_DTYPE_BF16, which, O.n_prompts, true, 7, emu_st, NULL);
+    generate_on(NULL, attn, m, TD_DTYPE_BF16, which, O.n_prompts, false, 0, host, lh);
+    generate_on(dev, attn, m, TD_DTYPE_BF16, which, O.n_prompts, false, 0, emu, le);
+    generate_on(NULL, attn, m, TD_DTYPE_BF16, which, O.n_prompts, true, 7, host_st, NULL);
+    generate_on(dev, attn, m, TD_DTYPE_BF16, which, O.n_prompts, true, 7, emu_st, NULL);
     float worst = 0;
     for (size_t i = 0; i < nl; i++) {
         float d = lh[i] > le[i] ? lh[i] - le[i] : le[i] - lh[i];
@@ -400,6 +400,9 @@ static void test_device_emu_equals_host(void) {
     free(le);
     td_device_close(dev);
 }
+
+static void test_device_emu_equals_host(void) { device_emu_equals_host(TD_ATTN_ON_DEVICE); }
+static void test_cpu_attn_emu_equals_host(void) { device_emu_equals_host(TD_ATTN_ON_CPU); }
 
 /* ---- errors ------------------------------------------------------------ */
 
@@ -471,6 +474,7 @@ void td_test_register(void) {
         {"greedy 32 tokens, bf16 weights, vs the oracle", test_greedy_bf16},
         {"a batch equals one at a time (also staggered, chunked)", test_batch_equals_single},
         {"mode device on the emulated device equals the host", test_device_emu_equals_host},
+        {"mode cpu-attn (pipelined) on the emulated device equals the host", test_cpu_attn_emu_equals_host},
         {"errors", test_errors},
         {NULL, NULL},
     };
