@@ -1,6 +1,8 @@
 /* The public API (include/tandem.h) over the engine's parts: model,
  * tokenizer, host KV cache, forward pass and scheduler. */
+#include <errno.h>
 #include <stdarg.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -33,6 +35,7 @@ struct tandem_engine {
     td_kv_cache *kv;
     td_forward *fw;
     char where[TD_ERROR_MSG_MAX + 64]; /* tandem_engine_device */
+    FILE *trace;                       /* config.trace_path, while the engine is open */
     td_sched *sched;
     td_chat_template chat;           /* family TD_CHAT_UNKNOWN when none */
     char chat_why[TD_ERROR_MSG_MAX]; /* why there is none */
@@ -109,6 +112,17 @@ static tandem_status open_device(tandem_engine *e) {
     td_device_config_default(&dc);
     dc.kind = c->device == TANDEM_DEVICE_EMU ? TD_DEVICE_KIND_EMU : TD_DEVICE_KIND_CUDA;
     dc.emu_threads = c->threads;
+    if ((c->emu_gpu || c->emu_link) && c->device != TANDEM_DEVICE_EMU)
+        return fail(e, TANDEM_ERR_INVALID_ARGUMENT, "config: emu_gpu and emu_link apply to device emu only");
+    if (c->emu_gpu) {
+        if (!(dc.gpu = td_gpu_model_find(c->emu_gpu)))
+            return fail(e, TANDEM_ERR_INVALID_ARGUMENT,
+                        "config: emu_gpu '%s' is no GPU preset (T4, A10G, A100-SXM, H100-PCIe, H100-SXM)", c->emu_gpu);
+        dc.emu_mode = TD_EMU_TIMED;
+    }
+    if (c->emu_link && !(dc.link = td_link_model_find(c->emu_link)))
+        return fail(e, TANDEM_ERR_INVALID_ARGUMENT,
+                    "config: emu_link '%s' is no link preset (pcie3-x16, pcie4-x16, pcie5-x16)", c->emu_link);
     td_error de;
     tandem_status st = td_device_open(&dc, &e->dev, &de);
     if (st != TANDEM_OK) {
@@ -116,11 +130,11 @@ static tandem_status open_device(tandem_engine *e) {
             /* the plugin's messages start with "cuda: " */
             return fail(e, st, c->device == TANDEM_DEVICE_EMU ? "device emu: %s" : "device %s", de.msg);
         if (c->mode != TANDEM_MODE_AUTO)
-            return fail(e, st, "mode device: no device (%s)", de.msg);
+            return fail(e, st, "mode %s: no device (%s)", c->mode == TANDEM_MODE_DEVICE ? "device" : "cpu-attn",
+                        de.msg);
         snprintf(e->where, sizeof e->where, "cpu (%s)", de.msg);
         return TANDEM_OK;
     }
-    snprintf(e->where, sizeof e->where, "%s: %s, mode device", e->dev->info.backend, e->dev->info.name);
     return TANDEM_OK;
 }
 
@@ -134,11 +148,12 @@ static tandem_status open_parts(tandem_engine *e) {
         return fail(e, TANDEM_ERR_INVALID_ARGUMENT, "config: unknown device %d", (int)c->device);
     if ((unsigned)c->mode > TANDEM_MODE_HYBRID)
         return fail(e, TANDEM_ERR_INVALID_ARGUMENT, "config: unknown mode %d", (int)c->mode);
-    if (c->mode == TANDEM_MODE_CPU_ATTN || c->mode == TANDEM_MODE_HYBRID)
-        return fail(e, TANDEM_ERR_UNSUPPORTED, "config: mode %s arrives with the pipeline; use device or auto",
-                    c->mode == TANDEM_MODE_CPU_ATTN ? "cpu-attn" : "hybrid");
+    if (c->mode == TANDEM_MODE_HYBRID)
+        return fail(e, TANDEM_ERR_UNSUPPORTED,
+                    "config: mode hybrid is not available yet; use device, cpu-attn or auto");
     if (c->device == TANDEM_DEVICE_CPU && c->mode != TANDEM_MODE_AUTO)
-        return fail(e, TANDEM_ERR_UNSUPPORTED, "config: mode device needs a device; the CPU alone runs mode auto");
+        return fail(e, TANDEM_ERR_UNSUPPORTED, "config: mode %s needs a device; the CPU alone runs mode auto",
+                    c->mode == TANDEM_MODE_DEVICE ? "device" : "cpu-attn");
     if (c->weights == TANDEM_WEIGHTS_F32 && (c->device == TANDEM_DEVICE_CUDA || c->device == TANDEM_DEVICE_EMU))
         return fail(e, TANDEM_ERR_UNSUPPORTED, "config: f32 weights run on the CPU only (device cpu)");
     if (c->threads < 0 || c->max_batch < 0 || c->step_tokens < 0)
@@ -189,20 +204,37 @@ static tandem_status open_parts(tandem_engine *e) {
         if ((st = td_forward_create(e->model, max_tokens, c->threads, &e->fw, err)))
             return keep(e, st);
     } else {
-        /* weights and workspace first: the KV pool gets what they leave */
-        if ((st =
-                 td_forward_create_on_device(e->model, e->dev, TD_ATTN_ON_DEVICE, max_tokens, c->threads, &e->fw, err)))
+        /* weights and workspace first: a device KV pool gets what they leave */
+        td_attn_place place = c->mode == TANDEM_MODE_CPU_ATTN ? TD_ATTN_ON_CPU : TD_ATTN_ON_DEVICE;
+        if ((st = td_forward_create_on_device(e->model, e->dev, place, max_tokens, c->threads, &e->fw, err)))
             return keep(e, st);
         const size_t left = e->dev->info.mem_total - td_dev_mem_used(e->dev), room = left / 10 * 9;
-        if (!explicit_budget && kc.budget_bytes > room)
-            kc.budget_bytes = room;
-        if (kc.budget_bytes > left)
-            return fail(e, TANDEM_ERR_OUT_OF_MEMORY,
-                        "config: a KV pool of %zu MiB does not fit the %zu MiB of %s that weights and workspace leave",
-                        kc.budget_bytes >> 20, left >> 20, e->dev->info.name);
-        if ((st = td_dev_alloc(e->dev, kc.budget_bytes, &e->kv_pool, err)))
-            return keep(e, st);
-        kc.pool = e->kv_pool;
+        if (c->mode == TANDEM_MODE_AUTO && explicit_budget && kc.budget_bytes > room) {
+            /* the simple rule until the cost model: a cache the device cannot hold stays on the host */
+            td_forward_destroy(e->fw);
+            e->fw = NULL;
+            place = TD_ATTN_ON_CPU;
+            if ((st = td_forward_create_on_device(e->model, e->dev, place, max_tokens, c->threads, &e->fw, err)))
+                return keep(e, st);
+        }
+        if (place == TD_ATTN_ON_DEVICE) {
+            if (!explicit_budget && kc.budget_bytes > room)
+                kc.budget_bytes = room;
+            if (kc.budget_bytes > left)
+                return fail(e, TANDEM_ERR_OUT_OF_MEMORY,
+                            "config: a KV pool of %zu MiB does not fit the %zu MiB of %s that weights and workspace "
+                            "leave",
+                            kc.budget_bytes >> 20, left >> 20, e->dev->info.name);
+            if ((st = td_dev_alloc(e->dev, kc.budget_bytes, &e->kv_pool, err)))
+                return keep(e, st);
+            kc.pool = e->kv_pool;
+        } else if (c->trace_path) {
+            if (!(e->trace = fopen(c->trace_path, "w")))
+                return fail(e, TANDEM_ERR_IO, "config: cannot write the trace %s: %s", c->trace_path, strerror(errno));
+            td_pipe_trace(td_forward_pipe(e->fw), e->trace);
+        }
+        snprintf(e->where, sizeof e->where, "%s: %s, mode %s", e->dev->info.backend, e->dev->info.name,
+                 place == TD_ATTN_ON_CPU ? "cpu-attn" : "device");
     }
     if ((st = td_kv_create(&kc, &e->kv, err)) || (st = td_sched_create(e->fw, e->kv, &sc, &e->sched, err)))
         return keep(e, st);
@@ -246,6 +278,10 @@ void tandem_engine_close(tandem_engine *e) {
         request_release(r);
     }
     td_chat_template_free(&e->chat);
+    if (e->trace) {
+        td_pipe_trace_end(td_forward_pipe(e->fw));
+        fclose(e->trace);
+    }
     td_forward_destroy(e->fw);
     td_kv_destroy(e->kv);
     if (e->dev) {
@@ -510,24 +546,39 @@ void tandem_request_free(tandem_engine *e, tandem_request *r) {
 
 tandem_status tandem_engine_stats(tandem_engine *e, tandem_stats *out) {
     READY(e);
-    if (!out || out->struct_size < sizeof *out)
+    /* a caller built against an older tandem.h gets the fields it knows */
+    if (!out || out->struct_size < offsetof(tandem_stats, pipeline_steps))
         return fail(e, TANDEM_ERR_INVALID_ARGUMENT, "stats: set struct_size = sizeof(tandem_stats)");
+    const size_t size = out->struct_size < sizeof(tandem_stats) ? out->struct_size : sizeof(tandem_stats);
+    tandem_stats all;
+    tandem_stats *o = &all;
     const td_sched_stats *s = td_sched_get_stats(e->sched);
     const size_t block = td_kv_get_layout(e->kv)->block_bytes;
-    memset(out, 0, sizeof *out);
-    out->struct_size = sizeof *out;
-    out->requests_finished = (uint64_t)s->finished;
-    out->requests_failed = (uint64_t)s->failed;
-    out->prompt_tokens = (uint64_t)s->prompt_tokens;
-    out->generated_tokens = (uint64_t)s->generated_tokens;
-    out->preemptions = (uint64_t)s->preemptions;
-    out->steps = (uint64_t)s->steps;
-    out->run_seconds = s->seconds;
-    out->forward_seconds = s->forward_seconds;
-    out->kv_bytes_total = (size_t)td_kv_n_blocks(e->kv) * block;
-    out->kv_bytes_used = (size_t)(td_kv_n_blocks(e->kv) - td_kv_free_blocks(e->kv)) * block;
-    out->kv_bytes_peak = (size_t)s->peak_kv_blocks * block;
-    out->running = (uint32_t)td_sched_running(e->sched);
-    out->queued = (uint32_t)td_sched_queued(e->sched);
+    memset(o, 0, sizeof *o);
+    o->struct_size = size;
+    o->requests_finished = (uint64_t)s->finished;
+    o->requests_failed = (uint64_t)s->failed;
+    o->prompt_tokens = (uint64_t)s->prompt_tokens;
+    o->generated_tokens = (uint64_t)s->generated_tokens;
+    o->preemptions = (uint64_t)s->preemptions;
+    o->steps = (uint64_t)s->steps;
+    o->run_seconds = s->seconds;
+    o->forward_seconds = s->forward_seconds;
+    o->kv_bytes_total = (size_t)td_kv_n_blocks(e->kv) * block;
+    o->kv_bytes_used = (size_t)(td_kv_n_blocks(e->kv) - td_kv_free_blocks(e->kv)) * block;
+    o->kv_bytes_peak = (size_t)s->peak_kv_blocks * block;
+    o->running = (uint32_t)td_sched_running(e->sched);
+    o->queued = (uint32_t)td_sched_queued(e->sched);
+    const td_pipe *p = td_forward_pipe(e->fw);
+    if (p) {
+        const td_pipe_stats *ps = td_pipe_get_stats(p);
+        o->pipeline_steps = (uint64_t)ps->steps;
+        o->pipeline_seconds = ps->step;
+        o->device_busy_seconds = ps->device;
+        o->d2h_busy_seconds = ps->d2h;
+        o->h2d_busy_seconds = ps->h2d;
+        o->cpu_busy_seconds = ps->cpu;
+    }
+    memcpy(out, o, size);
     return TANDEM_OK;
 }

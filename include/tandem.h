@@ -98,10 +98,11 @@ typedef enum tandem_device {
 } tandem_device;
 
 /* Where attention runs: all on the device (DEVICE: weights, activations and
- * the KV cache in device memory), all decode attention on the CPU next to a
- * host KV cache (CPU_ATTN), or split by a plan (HYBRID); AUTO picks. With
- * the CPU alone only AUTO applies. CPU_ATTN and HYBRID arrive with the
- * pipeline: TANDEM_ERR_UNSUPPORTED until then. */
+ * the KV cache in device memory), all on the CPU next to a host KV cache
+ * while the device runs the linear layers, two sub-batches overlapped
+ * (CPU_ATTN), or split by a plan (HYBRID: not available yet,
+ * TANDEM_ERR_UNSUPPORTED). AUTO: DEVICE when the KV budget fits the
+ * device's memory, else CPU_ATTN. With the CPU alone only AUTO applies. */
 typedef enum tandem_mode {
     TANDEM_MODE_AUTO = 0,
     TANDEM_MODE_DEVICE = 1,
@@ -122,6 +123,14 @@ typedef struct tandem_config {
     tandem_mode mode;
     const char *chat_template; /* NULL: the model's (tokenizer.chat_template); or "chatml", "llama3",
                                 * "llama2", "mistral", "mistral-v0.1" */
+    const char *trace_path;    /* pipelined modes: a Chrome trace-event JSON of every step (Perfetto) */
+    /* Device EMU only. emu_gpu: NULL runs every op (compute mode); a GPU
+     * preset ("T4", "A10G", "A100-SXM", "H100-PCIe", "H100-SXM") makes the
+     * device take that GPU's time per op and compute nothing (timed mode:
+     * outputs are meaningless, timings are the point). emu_link: NULL, or
+     * "pcie3-x16", "pcie4-x16", "pcie5-x16": copies take that link's time.
+     * docs/DEVICE-MODELS.md gives the figures. */
+    const char *emu_gpu, *emu_link;
 } tandem_config;
 
 TANDEM_API void tandem_config_init(tandem_config *c);
@@ -252,6 +261,11 @@ typedef struct tandem_stats {
     double run_seconds, forward_seconds; /* in tandem_run/step; of that, in the model */
     size_t kv_bytes_total, kv_bytes_used, kv_bytes_peak;
     uint32_t running, queued;
+    /* Pipelined steps (mode cpu-attn): their wall time and each resource's
+     * busy time in them. Overlap efficiency = the largest busy time /
+     * pipeline_seconds (1: the busiest resource never waited). */
+    uint64_t pipeline_steps;
+    double pipeline_seconds, device_busy_seconds, d2h_busy_seconds, h2d_busy_seconds, cpu_busy_seconds;
 } tandem_stats;
 
 TANDEM_API tandem_status tandem_engine_stats(tandem_engine *e, tandem_stats *out);

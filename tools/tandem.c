@@ -52,8 +52,13 @@ static void usage_generate(FILE *f) {
         "  --step-tokens N      tokens per step, prompt chunks included (default 2048)\n"
         "  --device D           auto (default: a CUDA GPU if one answers, else the CPU), cpu, cuda, emu\n"
         "                       (the emulated device: the device code path on host threads)\n"
-        "  --mode M             auto (default), device (everything on the device); cpu-attn and hybrid\n"
-        "                       arrive with the pipeline\n"
+        "  --mode M             auto (default: device when the KV budget fits the device, else cpu-attn),\n"
+        "                       device (everything on the device), cpu-attn (attention on the CPU next to a\n"
+        "                       host KV cache, overlapped with the device's linear layers); hybrid: not yet\n"
+        "  --trace FILE         pipelined modes: a Chrome trace-event JSON of every step (open in Perfetto)\n"
+        "  --emu-gpu NAME       with --device emu: take the time of a T4, A10G, A100-SXM, H100-PCIe or\n"
+        "                       H100-SXM per op instead of computing (timings only: outputs are meaningless)\n"
+        "  --emu-link NAME      with --device emu: copies take the time of pcie3-x16, pcie4-x16 or pcie5-x16\n"
         "  --threads N          CPU threads (default: all)\n"
         "  --kv-budget SIZE     KV cache, e.g. 4G (default: a quarter of RAM, at most 4G; on a device, at\n"
         "                       most 90%% of the memory the weights leave)\n"
@@ -282,6 +287,9 @@ enum {
     OPT_IGNORE_EOS,
     OPT_DEVICE,
     OPT_MODE,
+    OPT_TRACE,
+    OPT_EMU_GPU,
+    OPT_EMU_LINK,
 };
 
 static bool parse_device(const char *s, tandem_device *out) {
@@ -335,6 +343,9 @@ static int cmd_generate(int argc, char **argv) {
         {"ignore-eos", no_argument, 0, OPT_IGNORE_EOS},
         {"device", required_argument, 0, OPT_DEVICE},
         {"mode", required_argument, 0, OPT_MODE},
+        {"trace", required_argument, 0, OPT_TRACE},
+        {"emu-gpu", required_argument, 0, OPT_EMU_GPU},
+        {"emu-link", required_argument, 0, OPT_EMU_LINK},
         {0, 0, 0, 0},
     };
     tandem_config cfg;
@@ -376,6 +387,9 @@ static int cmd_generate(int argc, char **argv) {
         case OPT_IGNORE_EOS: samp.ignore_eos = 1; break;
         case OPT_DEVICE: ok = parse_device(optarg, &cfg.device); break;
         case OPT_MODE: ok = parse_mode(optarg, &cfg.mode); break;
+        case OPT_TRACE: cfg.trace_path = optarg; break;
+        case OPT_EMU_GPU: cfg.emu_gpu = optarg; break;
+        case OPT_EMU_LINK: cfg.emu_link = optarg; break;
         case OPT_HELP: usage_generate(stdout); return 0;
         default:
             fprintf(stderr, "tandem generate: unknown or incomplete option '%s' (see tandem generate --help)\n",
@@ -565,6 +579,21 @@ out:
                     stats.generated_tokens / (wall > 0 ? wall : 1), ran, stats.generated_tokens / (ran > 0 ? ran : 1),
                     (unsigned long long)stats.preemptions, stats.kv_bytes_peak / 1048576.0,
                     stats.kv_bytes_total / 1048576.0);
+            if (stats.pipeline_steps > 0) {
+                double busiest = stats.device_busy_seconds;
+                const double others[] = {stats.d2h_busy_seconds, stats.h2d_busy_seconds, stats.cpu_busy_seconds};
+                for (int i = 0; i < 3; i++)
+                    busiest = others[i] > busiest ? others[i] : busiest;
+                fprintf(stderr,
+                        "tandem: pipeline: %llu steps, %.1f ms each; busy: device %.0f%%, D2H %.0f%%, H2D %.0f%%, "
+                        "CPU attention %.0f%%; overlap efficiency %.2f\n",
+                        (unsigned long long)stats.pipeline_steps,
+                        1e3 * stats.pipeline_seconds / (double)stats.pipeline_steps,
+                        100 * stats.device_busy_seconds / stats.pipeline_seconds,
+                        100 * stats.d2h_busy_seconds / stats.pipeline_seconds,
+                        100 * stats.h2d_busy_seconds / stats.pipeline_seconds,
+                        100 * stats.cpu_busy_seconds / stats.pipeline_seconds, busiest / stats.pipeline_seconds);
+            }
         }
     }
     tandem_engine_close(e); /* frees the requests still in flight */

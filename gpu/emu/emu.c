@@ -8,6 +8,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/prctl.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -143,7 +144,8 @@ struct td_stream {
     size_t head, len, cap;
     uint64_t enqueued, completed;
     bool stop;
-    td_error err; /* the first failure since the last sync */
+    td_error err;  /* the first failure since the last sync */
+    double cursor; /* td_seconds() when the last booked op ends (under the device's lock) */
     /* the worker's own */
     td_gemm *gemm;
     td_attn *attn;
@@ -171,15 +173,24 @@ static void sleep_until(double t) {
         ;
 }
 
-/* Books seconds on a resource after the work already booked on it, and
- * returns when that slot ends. */
-static double book(emu *d, double *free_at, double seconds) {
+/* Books seconds on a resource (the device's compute, a link direction):
+ * after the work already booked on it, after the stream's previous op, and
+ * not before now. Returns the slot's end, which becomes the stream's
+ * cursor: in timed mode a stream runs ahead of the clock, booking, and only
+ * an event record (or a sync) sleeps until the cursor, as the host sees a
+ * GPU's work only through events. Sleeping per op instead would cost a
+ * timer wake-up (tens of microseconds) per op, more than a GPU's launch. */
+static double book(td_stream *s, double *free_at, double seconds) {
+    emu *d = s->d;
     pthread_mutex_lock(&d->lock);
-    double now = td_seconds(), start = *free_at > now ? *free_at : now;
-    *free_at = start + seconds;
-    double end = *free_at;
+    double start = td_seconds();
+    if (*free_at > start)
+        start = *free_at;
+    if (s->cursor > start)
+        start = s->cursor;
+    *free_at = s->cursor = start + seconds;
     pthread_mutex_unlock(&d->lock);
-    return end;
+    return start + seconds;
 }
 
 /* ---- memory ----------------------------------------------------------------- */
@@ -579,12 +590,13 @@ static tandem_status run_copy(td_stream *s, const op *o) {
     const td_copy_dir dir = o->u.copy.dir;
     double end = 0;
     if (dir != TD_COPY_D2D && d->link)
-        end = book(d, &d->link_free[dir == TD_COPY_H2D ? 0 : 1],
+        end = book(s, &d->link_free[dir == TD_COPY_H2D ? 0 : 1],
                    td_link_model_seconds(d->link, dir == TD_COPY_H2D, o->u.copy.bytes));
     else if (d->mode == TD_EMU_TIMED)
-        end = book(d, &d->compute_free, model_seconds(d, o));
+        end = book(s, &d->compute_free, model_seconds(d, o));
     memmove(o->u.copy.dst, o->u.copy.src, o->u.copy.bytes);
-    sleep_until(end);
+    if (d->mode == TD_EMU_COMPUTE) /* the stream's next op computes for real: after the copy's time */
+        sleep_until(end);
     return TANDEM_OK;
 }
 
@@ -593,30 +605,38 @@ static void run_op(td_stream *s, const op *o) {
     td_error e = {0};
     tandem_status st = TANDEM_OK;
     switch (o->kind) {
-    case OP_RECORD:
+    case OP_RECORD: {
+        /* the event passes when the stream's booked work ends (timed) or now */
+        pthread_mutex_lock(&d->lock);
+        double now = td_seconds(), when = s->cursor > now ? s->cursor : now;
+        pthread_mutex_unlock(&d->lock);
+        sleep_until(when);
         pthread_mutex_lock(&d->lock);
         if (o->u.ev.ticket > o->u.ev.e->passed) {
             o->u.ev.e->passed = o->u.ev.ticket;
-            o->u.ev.e->when = td_seconds();
+            o->u.ev.e->when = when;
         }
         pthread_cond_broadcast(&d->progress);
         pthread_mutex_unlock(&d->lock);
         return;
+    }
     case OP_WAIT:
         pthread_mutex_lock(&d->lock);
         while (o->u.ev.e->passed < o->u.ev.ticket)
             pthread_cond_wait(&d->progress, &d->lock);
+        if (o->u.ev.e->when > s->cursor) /* what follows starts after what it waited for */
+            s->cursor = o->u.ev.e->when;
         pthread_mutex_unlock(&d->lock);
         return;
     case OP_COPY: st = run_copy(s, o); break;
     case OP_MEMSET:
         if (d->mode == TD_EMU_TIMED)
-            sleep_until(book(d, &d->compute_free, model_seconds(d, o)));
+            book(s, &d->compute_free, model_seconds(d, o));
         memset(o->u.copy.dst, o->u.copy.value, o->u.copy.bytes);
         break;
     default:
         if (d->mode == TD_EMU_TIMED) {
-            sleep_until(book(d, &d->compute_free, model_seconds(d, o)));
+            book(s, &d->compute_free, model_seconds(d, o));
             break;
         }
         if (!s->gemm && (st = td_gemm_create(&s->gemm, &e)))
@@ -638,6 +658,9 @@ static void *worker(void *arg) {
     td_stream *s = arg;
     /* this thread's OpenMP team: the kernels' parallel regions */
     omp_set_num_threads(s->d->threads);
+    /* wake from sleep_until when asked, not up to 50 us later (the default
+     * slack): timed ops are a few microseconds long */
+    prctl(PR_SET_TIMERSLACK, 1UL, 0UL, 0UL, 0UL);
     pthread_mutex_lock(&s->mu);
     for (;;) {
         while (s->head == s->len && !s->stop)
@@ -731,6 +754,10 @@ static tandem_status emu_stream_sync(td_device *dev, td_stream *s, td_error *err
     td_error e = s->err;
     td_error_clear(&s->err);
     pthread_mutex_unlock(&s->mu);
+    pthread_mutex_lock(&s->d->lock);
+    double end = s->cursor; /* the booked work's end: the stream is done then */
+    pthread_mutex_unlock(&s->d->lock);
+    sleep_until(end);
     if (e.status == TANDEM_OK)
         return TANDEM_OK;
     return td_fail(err, e.status, "%s", e.msg);
