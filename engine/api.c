@@ -94,9 +94,14 @@ void tandem_sampling_init(tandem_sampling *s) {
 
 const char *tandem_finish_name(tandem_finish f) { return td_finish_name((td_finish)f); }
 
-static size_t default_kv_budget(void) {
+/* Physical memory, or 0 when the system does not say. */
+static size_t physical_memory(void) {
     long pages = sysconf(_SC_PHYS_PAGES), page = sysconf(_SC_PAGE_SIZE);
-    size_t quarter = pages > 0 && page > 0 ? (size_t)pages * (size_t)page / 4 : (size_t)1 << 30;
+    return pages > 0 && page > 0 ? (size_t)pages * (size_t)page : 0;
+}
+
+static size_t default_kv_budget(void) {
+    size_t quarter = physical_memory() ? physical_memory() / 4 : (size_t)1 << 30;
     return quarter < DEFAULT_KV_CAP ? quarter : DEFAULT_KV_CAP;
 }
 
@@ -104,6 +109,8 @@ static size_t default_kv_budget(void) {
  * where tandem_engine_device will say why. */
 static tandem_status open_device(tandem_engine *e) {
     const tandem_config *c = &e->cfg;
+    if ((c->emu_gpu || c->emu_link) && c->device != TANDEM_DEVICE_EMU)
+        return fail(e, TANDEM_ERR_INVALID_ARGUMENT, "config: emu_gpu and emu_link apply to device emu only");
     if (c->device == TANDEM_DEVICE_CPU) {
         snprintf(e->where, sizeof e->where, "cpu");
         return TANDEM_OK;
@@ -112,8 +119,6 @@ static tandem_status open_device(tandem_engine *e) {
     td_device_config_default(&dc);
     dc.kind = c->device == TANDEM_DEVICE_EMU ? TD_DEVICE_KIND_EMU : TD_DEVICE_KIND_CUDA;
     dc.emu_threads = c->threads;
-    if ((c->emu_gpu || c->emu_link) && c->device != TANDEM_DEVICE_EMU)
-        return fail(e, TANDEM_ERR_INVALID_ARGUMENT, "config: emu_gpu and emu_link apply to device emu only");
     if (c->emu_gpu) {
         if (!(dc.gpu = td_gpu_model_find(c->emu_gpu)))
             return fail(e, TANDEM_ERR_INVALID_ARGUMENT,
@@ -236,6 +241,13 @@ static tandem_status open_parts(tandem_engine *e) {
         snprintf(e->where, sizeof e->where, "%s: %s, mode %s", e->dev->info.backend, e->dev->info.name,
                  place == TD_ATTN_ON_CPU ? "cpu-attn" : "device");
     }
+    /* a host pool is zero-filled at open: one larger than memory would not fail, it would swap or be killed */
+    const size_t ram = physical_memory();
+    if (!kc.pool && ram && kc.budget_bytes > ram / 10 * 9)
+        return fail(e, TANDEM_ERR_OUT_OF_MEMORY,
+                    "config: a host KV pool of %zu MiB is more than 90%% of the %zu MiB "
+                    "of memory",
+                    kc.budget_bytes >> 20, ram >> 20);
     if ((st = td_kv_create(&kc, &e->kv, err)) || (st = td_sched_create(e->fw, e->kv, &sc, &e->sched, err)))
         return keep(e, st);
     return TANDEM_OK;

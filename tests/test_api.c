@@ -70,9 +70,15 @@ static void test_open_errors(void) {
     tandem_config_init(&c);
     c.model_path = TD_TEST_MODEL;
     c.device = TANDEM_DEVICE_EMU;
+    c.mode = TANDEM_MODE_DEVICE;
     c.kv_budget_bytes = (size_t)64 << 30; /* more than the emulated device's memory */
     CU_ASSERT_EQUAL(tandem_engine_open(&c, &e), TANDEM_ERR_OUT_OF_MEMORY);
     CU_ASSERT(strstr(tandem_engine_errmsg(e), "does not fit") != NULL);
+    tandem_engine_close(e);
+    c.mode = TANDEM_MODE_AUTO; /* auto keeps such a cache on the host: where it must fit memory */
+    c.kv_budget_bytes = (size_t)1 << 50;
+    CU_ASSERT_EQUAL(tandem_engine_open(&c, &e), TANDEM_ERR_OUT_OF_MEMORY);
+    CU_ASSERT(strstr(tandem_engine_errmsg(e), "host KV pool") != NULL);
     tandem_engine_close(e);
 
     tandem_config_init(&c);
@@ -289,6 +295,33 @@ static void test_devices(void) {
     const char *ta = tandem_request_text(a, &na), *tb = tandem_request_text(b, &nb);
     CU_ASSERT(na == nb && !memcmp(ta, tb, na));
     CU_ASSERT(nb >= strlen(ANSWER) && !memcmp(tb, ANSWER, strlen(ANSWER)));
+    tandem_engine_close(emu);
+
+    /* cpu-attn: attention on the CPU, pipelined; the same text, and stats */
+    c.mode = TANDEM_MODE_CPU_ATTN;
+    st = tandem_engine_open(&c, &emu);
+    if (st)
+        fprintf(stderr, "\n  %s\n", tandem_engine_errmsg(emu));
+    CU_ASSERT_EQUAL_FATAL(st, TANDEM_OK);
+    CU_ASSERT(strstr(tandem_engine_device(emu), "mode cpu-attn") != NULL);
+    CU_ASSERT_EQUAL_FATAL(tandem_submit_text(emu, CHAT, strlen(CHAT), &s, NULL, &b), TANDEM_OK);
+    CU_ASSERT_EQUAL(tandem_run(emu, NULL), TANDEM_OK);
+    tb = tandem_request_text(b, &nb);
+    CU_ASSERT(na == nb && !memcmp(ta, tb, na));
+    stats = (tandem_stats){.struct_size = sizeof stats};
+    CU_ASSERT_EQUAL(tandem_engine_stats(emu, &stats), TANDEM_OK);
+    CU_ASSERT(stats.pipeline_steps == stats.steps && stats.steps > 0);
+    CU_ASSERT(stats.device_busy_seconds > 0 && stats.cpu_busy_seconds > 0 && stats.d2h_busy_seconds > 0 &&
+              stats.h2d_busy_seconds > 0);
+    CU_ASSERT(stats.cpu_busy_seconds <= stats.pipeline_seconds && stats.pipeline_seconds <= stats.forward_seconds);
+    /* a caller built against the older, shorter tandem_stats gets its fields only */
+    unsigned char old[sizeof(tandem_stats) + 8];
+    memset(old, 0xab, sizeof old);
+    tandem_stats *o = (tandem_stats *)(void *)old;
+    o->struct_size = offsetof(tandem_stats, pipeline_steps);
+    CU_ASSERT_EQUAL(tandem_engine_stats(emu, o), TANDEM_OK);
+    CU_ASSERT_EQUAL(o->steps, stats.steps);
+    CU_ASSERT_EQUAL(old[offsetof(tandem_stats, pipeline_steps)], 0xab);
     tandem_engine_close(emu);
     tandem_engine_close(cpu);
 }

@@ -24,6 +24,15 @@
 #include "gpu/device_model.h"
 #include "tests/test_util.h"
 
+#if defined(__has_feature)
+#if __has_feature(thread_sanitizer)
+#define TD_SLOW_SANITIZER 1
+#endif
+#endif
+#ifndef TD_SLOW_SANITIZER
+#define TD_SLOW_SANITIZER 0
+#endif
+
 #define BF16_NAN 0x7fc0u
 #define PAD_F32 777.0f /* sentinel in output padding: must survive every op */
 
@@ -1665,7 +1674,8 @@ static void test_timed_overlap(void) {
     if (!(overlap < 1.6 * single && overlap >= 0.95 * single))
         fprintf(stderr, "\n  timed: gemm %.1f ms and copy %.1f ms (modelled) on two streams took %.1f ms\n",
                 1e3 * t.model_s, 1e3 * copy_s, 1e3 * overlap);
-    CU_ASSERT(overlap < 1.6 * single);
+    if (!TD_SLOW_SANITIZER) /* ThreadSanitizer slows the copy's memmove past its modelled time */
+        CU_ASSERT(overlap < 1.6 * single);
     CU_ASSERT(overlap >= 0.95 * single);
     td_dev_host_free(dev, h);
     td_dev_free(dev, d), td_dev_free(dev, a), td_dev_free(dev, b), td_dev_free(dev, c);

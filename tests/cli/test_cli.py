@@ -4,6 +4,7 @@ an over-long prompt, KV exhaustion with preemption, resume after SIGKILL,
 usage errors. Greedy decoding everywhere, so outputs can be compared across
 runs; run by CTest (tests/CMakeLists.txt) with the binary and the model."""
 import json
+import re
 import os
 import signal
 import subprocess
@@ -176,6 +177,51 @@ class Cli(unittest.TestCase):
         out = by_id(records("emu2.out"))
         for i, r in self.reference.items():
             self.assertEqual(out[i]["completion"], r["completion"], i)
+
+    def test_cpu_attn_equals_cpu_and_traces(self):
+        # attention on the CPU over a host KV cache, the linear layers on the (emulated) device, two
+        # sub-batches pipelined: the same tokens; the trace is Chrome trace-event JSON with a slice per
+        # stage; the summary gives the overlap
+        inp = write_lines("ca.jsonl", jsonl(PROMPTS))
+        trace = path("ca.trace.json")
+        p = run(["--input", inp, "--output", path("ca.out"), "--max-tokens", "24", "--device", "emu",
+                 "--mode", "cpu-attn", "--trace", trace])
+        self.assertIn("mode cpu-attn", p.stderr)
+        out = by_id(records("ca.out"))
+        for i, r in self.reference.items():
+            self.assertEqual(out[i]["completion"], r["completion"], i)
+        m = re.search(r"pipeline: (\d+) steps.*overlap efficiency ([0-9.]+)", p.stderr)
+        self.assertIsNotNone(m, p.stderr)
+        steps, eff = int(m.group(1)), float(m.group(2))
+        self.assertGreater(steps, 0)
+        self.assertTrue(0 < eff <= 1.0, eff)
+        with open(trace, encoding="utf-8") as f:
+            events = json.load(f)["traceEvents"]
+        slices = [e for e in events if e["ph"] == "X"]
+        names = {e["args"]["name"] for e in events if e["ph"] == "M"}
+        self.assertEqual(names, {"device stream", "copy D2H", "copy H2D", "CPU attention"})
+        self.assertEqual({e["name"] for e in slices}, {"pre", "down", "attend", "up", "post"})
+        self.assertEqual(len({e["args"]["step"] for e in slices}), steps)
+        self.assertEqual({e["args"]["layer"] for e in slices}, set(range(30)))  # SmolLM2's 30 layers
+        self.assertEqual({e["args"]["sub_batch"] for e in slices}, {0, 1})
+        self.assertTrue(all(e["dur"] >= 0 and e["ts"] >= 0 for e in slices))
+
+    def test_emu_timed(self):
+        # timed mode: the device takes an H100's time and computes nothing; the job runs to the end
+        inp = write_lines("timed.jsonl", jsonl(PROMPTS[:4]))
+        p = run(["--input", inp, "--output", path("timed.out"), "--max-tokens", "8", "--ignore-eos",
+                 "--device", "emu", "--emu-gpu", "H100-PCIe", "--emu-link", "pcie5-x16", "--mode", "cpu-attn"])
+        self.assertIn("emu timed H100-PCIe + pcie5-x16", p.stderr)
+        out = records("timed.out")
+        self.assertEqual(len(out), 4)
+        self.assertTrue(all(r["completion_tokens"] == 8 for r in out))
+        p = run(["--input", inp, "--output", path("t2.out"), "--device", "emu", "--emu-gpu", "V100"], check=False)
+        self.assertEqual(p.returncode, 2)
+        self.assertIn("V100", p.stderr)
+        p = run(["--input", inp, "--output", path("t3.out"), "--device", "cpu", "--emu-link", "pcie4-x16"],
+                check=False)
+        self.assertEqual(p.returncode, 2)
+        self.assertIn("device emu only", p.stderr)
 
     def test_device_errors(self):
         inp = write_lines("dev.jsonl", jsonl(PROMPTS[:1]))
