@@ -176,19 +176,21 @@ static tandem_status validate(const td_attn_batch *b, td_error *err) {
     return TANDEM_OK;
 }
 
-/* How to cut a sequence of nb blocks and H kv heads into pieces of about
- * `target` block-heads: first into chunks of >= MIN_CHUNK_BLOCKS blocks,
- * then, if that is not enough, into kv head ranges. */
-static void cut(int32_t nb, int32_t H, int64_t target, int32_t *chunks, int32_t *ranges) {
-    const int64_t cost = (int64_t)nb * H;
-    const int64_t pieces = cost / target + (cost % target != 0);
-    *chunks = 1, *ranges = 1;
-    if (pieces > 1) {
-        int64_t max_chunks = ((int64_t)nb + MIN_CHUNK_BLOCKS - 1) / MIN_CHUNK_BLOCKS;
-        *chunks = (int32_t)(pieces < max_chunks ? pieces : max_chunks);
-        int64_t r = (pieces + *chunks - 1) / *chunks;
-        *ranges = (int32_t)(r < H ? r : H);
-    }
+/* How to cut a sequence of nb blocks and H kv heads into work items.
+ *
+ * Chunks along the sequence change its rounding (their partial softmax
+ * sums are merged), so their number depends on the sequence and the team
+ * alone: one per MIN_CHUNK_BLOCKS blocks, at most max_chunks. A sequence
+ * then gets the same bits whatever batch it is in, which the pipeline's
+ * sub-batches and the scheduler's batching rely on. Ranges of kv heads
+ * change no result, so they follow the batch: a sequence whose chunks are
+ * still larger than the target item is also cut into head ranges. */
+static void cut(int32_t nb, int32_t H, int64_t target, int32_t max_chunks, int32_t *chunks, int32_t *ranges) {
+    const int64_t by_length = ((int64_t)nb + MIN_CHUNK_BLOCKS - 1) / MIN_CHUNK_BLOCKS;
+    *chunks = (int32_t)(by_length < max_chunks ? by_length : max_chunks);
+    const int64_t cost = (int64_t)nb * H, pieces = cost / target + (cost % target != 0);
+    const int64_t r = (pieces + *chunks - 1) / *chunks;
+    *ranges = (int32_t)(r < 1 ? 1 : r < H ? r : H);
 }
 
 /* Cuts the batch into work items of about equal cost (block x kv head) and
@@ -209,11 +211,13 @@ static int64_t plan(td_attn *a, const td_attn_batch *b, int32_t G, int32_t *n_gr
             target = MIN_CHUNK_BLOCKS;
     }
 
+    /* two chunks per thread: a long sequence spreads over the team */
+    const int32_t max_chunks = a->n_threads > 1 ? 2 * a->n_threads : 1;
     int64_t n_items = 0, n_merge = 0;
     for (int32_t s = 0; s < b->n_seqs; s++) {
         int32_t nb = (b->seqs[s].n_tokens + T - 1) / T;
         int32_t chunks, ranges;
-        cut(nb, H, target, &chunks, &ranges);
+        cut(nb, H, target, max_chunks, &chunks, &ranges);
         n_items += (int64_t)chunks * ranges;
         n_merge += chunks > 1 ? ranges : 0;
     }
@@ -226,7 +230,7 @@ static int64_t plan(td_attn *a, const td_attn_batch *b, int32_t G, int32_t *n_gr
     for (int32_t s = 0; s < b->n_seqs; s++) {
         const int32_t n_tok = b->seqs[s].n_tokens, nb = (n_tok + T - 1) / T;
         int32_t chunks, ranges;
-        cut(nb, H, target, &chunks, &ranges);
+        cut(nb, H, target, max_chunks, &chunks, &ranges);
         const int32_t per_chunk = (nb + chunks - 1) / chunks, per_range = (H + ranges - 1) / ranges;
         for (int32_t kv0 = 0; kv0 < H; kv0 += per_range) {
             const int32_t n_kv = H - kv0 < per_range ? H - kv0 : per_range;

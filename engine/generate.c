@@ -72,6 +72,8 @@ void td_gen_seq_free(td_gen_seq *s) {
 }
 
 static tandem_status append_text(td_gen_seq *s, const char *p, size_t n, td_error *err) {
+    if (n == 0) /* a token that prints nothing (yet): text may still be NULL */
+        return TANDEM_OK;
     if (s->n_text + n > s->text_cap) {
         size_t cap = s->text_cap ? s->text_cap : 256;
         while (cap < s->n_text + n)

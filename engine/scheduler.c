@@ -422,8 +422,8 @@ tandem_status td_sched_step(td_sched *s, const td_sched_callbacks *cb, bool *bus
             if (q->finish == TD_FINISH_NONE && q->n_ids >= s->n_ctx &&
                 td_gen_seq_finish(q, TD_FINISH_LENGTH, &e) != TANDEM_OK)
                 td_gen_seq_fail(q, &e);
-            if (cb && cb->on_token)
-                cb->on_token(cb->user, q, t, q->text + before, q->n_text - before);
+            if (cb && cb->on_token) /* no text yet (a token that prints nothing) is "" */
+                cb->on_token(cb->user, q, t, q->text ? q->text + before : "", q->n_text - before);
         }
         if (q->finish != TD_FINISH_NONE) {
             memmove(&s->chunk[i], &s->chunk[i + 1], (size_t)(s->n_run - i - 1) * sizeof *s->chunk);

@@ -627,6 +627,42 @@ static void test_prefill_errors(void) {
     fixture_free(f);
 }
 
+/* A sequence's output does not depend on the batch it is attended in: the
+ * whole batch, its halves and each sequence alone give the same bits, on
+ * every path and team size (long sequences are cut into chunks whose
+ * partial results are merged; the cut must come from the sequence alone).
+ * The pipeline's sub-batches and continuous batching rely on it. */
+static void test_batch_invariance(void) {
+    static const int32_t lens[] = {2000, 700, 33, 5000, 16, 1300, 257};
+    enum { N = sizeof lens / sizeof lens[0] };
+    fixture *f = fixture_make(2, 4, 64, TD_DTYPE_BF16, 16, lens, N, 77, 1.0f);
+    const size_t row = (size_t)f->n_q * f->D;
+    for (td_isa isa = TD_ISA_SCALAR; isa < TD_ISA_COUNT; isa++) {
+        if (!td_isa_supported(isa))
+            continue;
+        for (int threads = 1; threads <= 3; threads++) {
+            float *all = run(f, isa, threads, TD_DTYPE_F32);
+            static const int cuts[][2] = {{0, 3}, {3, N}, {0, 1}, {3, 4}, {6, N}, {1, 6}};
+            for (size_t c = 0; c < sizeof cuts / sizeof cuts[0]; c++) {
+                fixture sub = *f;
+                sub.n_seqs = cuts[c][1] - cuts[c][0];
+                sub.ids = f->ids + cuts[c][0];
+                sub.lens = f->lens + cuts[c][0];
+                sub.q = f->q + (size_t)cuts[c][0] * row;
+                float *part = run(&sub, isa, threads, TD_DTYPE_F32);
+                if (memcmp(part, all + (size_t)cuts[c][0] * row, (size_t)sub.n_seqs * row * sizeof *part)) {
+                    printf("\n    %s, %d threads: sequences [%d, %d) differ alone", td_isa_name(isa), threads,
+                           cuts[c][0], cuts[c][1]);
+                    CU_FAIL("a sequence's attention depends on its batch");
+                }
+                free(part);
+            }
+            free(all);
+        }
+    }
+    fixture_free(f);
+}
+
 void td_test_register(void) {
     static const td_test tests[] = {
         {"scalar kernel vs naive two-pass softmax", test_scalar_vs_oracle},
@@ -637,6 +673,7 @@ void td_test_register(void) {
         {"ISA selection and TANDEM_ISA", test_isa_selection},
         {"prefill runs, every ISA, vs scalar decode per query", test_prefill_vs_decode},
         {"prefill argument errors", test_prefill_errors},
+        {"a sequence's result does not depend on its batch", test_batch_invariance},
         {NULL, NULL},
     };
     td_add_suite("attention", tests);
