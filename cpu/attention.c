@@ -16,6 +16,12 @@
 /* Work is cut so that each thread gets about this many items: the largest
  * item then bounds the imbalance to 1/ITEMS_PER_THREAD of a thread's share. */
 #define ITEMS_PER_THREAD 8
+/* KV bytes per chunk of a long sequence: measured on the 2-core dev VM
+ * (bench_attention, batch 1 and 16, ctx 2048 and 8192), ~4 MB streams at
+ * full speed for both a 3-head x 64 and an 8-head x 128 model; smaller
+ * chunks lose the prefetchers' run, larger ones leave a lone sequence on
+ * one thread. */
+#define CHUNK_BYTES ((size_t)4 << 20)
 
 /* A sequence's kv heads [kv0, kv0 + n_kv) over blocks [block0, block0 +
  * n_blocks). Items cover as many kv heads as the balance allows, because the
@@ -180,13 +186,18 @@ static tandem_status validate(const td_attn_batch *b, td_error *err) {
  *
  * Chunks along the sequence change its rounding (their partial softmax
  * sums are merged), so their number depends on the sequence and the team
- * alone: one per MIN_CHUNK_BLOCKS blocks, at most max_chunks. A sequence
+ * alone: one per CHUNK_BYTES of its KV (a layer's K and V of every kv head,
+ * bytes_per_block each block), at least MIN_CHUNK_BLOCKS blocks each, at
+ * most max_chunks. A sequence
  * then gets the same bits whatever batch it is in, which the pipeline's
  * sub-batches and the scheduler's batching rely on. Ranges of kv heads
  * change no result, so they follow the batch: a sequence whose chunks are
  * still larger than the target item is also cut into head ranges. */
-static void cut(int32_t nb, int32_t H, int64_t target, int32_t max_chunks, int32_t *chunks, int32_t *ranges) {
-    const int64_t by_length = ((int64_t)nb + MIN_CHUNK_BLOCKS - 1) / MIN_CHUNK_BLOCKS;
+static void cut(int32_t nb, int32_t H, size_t block_bytes, int64_t target, int32_t max_chunks, int32_t *chunks,
+                int32_t *ranges) {
+    int64_t by_length = (int64_t)(((size_t)nb * block_bytes + CHUNK_BYTES - 1) / CHUNK_BYTES);
+    const int64_t by_blocks = ((int64_t)nb + MIN_CHUNK_BLOCKS - 1) / MIN_CHUNK_BLOCKS;
+    by_length = by_length < by_blocks ? by_length : by_blocks;
     *chunks = (int32_t)(by_length < max_chunks ? by_length : max_chunks);
     const int64_t cost = (int64_t)nb * H, pieces = cost / target + (cost % target != 0);
     const int64_t r = (pieces + *chunks - 1) / *chunks;
@@ -211,13 +222,14 @@ static int64_t plan(td_attn *a, const td_attn_batch *b, int32_t G, int32_t *n_gr
             target = MIN_CHUNK_BLOCKS;
     }
 
-    /* two chunks per thread: a long sequence spreads over the team */
-    const int32_t max_chunks = a->n_threads > 1 ? 2 * a->n_threads : 1;
+    /* up to four chunks per thread: a long sequence alone spreads over the team */
+    const int32_t max_chunks = 4 * a->n_threads;
+    const size_t block_bytes = 2 * (size_t)H * l->tile_bytes; /* one layer's K and V of every kv head */
     int64_t n_items = 0, n_merge = 0;
     for (int32_t s = 0; s < b->n_seqs; s++) {
         int32_t nb = (b->seqs[s].n_tokens + T - 1) / T;
         int32_t chunks, ranges;
-        cut(nb, H, target, max_chunks, &chunks, &ranges);
+        cut(nb, H, block_bytes, target, max_chunks, &chunks, &ranges);
         n_items += (int64_t)chunks * ranges;
         n_merge += chunks > 1 ? ranges : 0;
     }
@@ -230,7 +242,7 @@ static int64_t plan(td_attn *a, const td_attn_batch *b, int32_t G, int32_t *n_gr
     for (int32_t s = 0; s < b->n_seqs; s++) {
         const int32_t n_tok = b->seqs[s].n_tokens, nb = (n_tok + T - 1) / T;
         int32_t chunks, ranges;
-        cut(nb, H, target, max_chunks, &chunks, &ranges);
+        cut(nb, H, block_bytes, target, max_chunks, &chunks, &ranges);
         const int32_t per_chunk = (nb + chunks - 1) / chunks, per_range = (H + ranges - 1) / ranges;
         for (int32_t kv0 = 0; kv0 < H; kv0 += per_range) {
             const int32_t n_kv = H - kv0 < per_range ? H - kv0 : per_range;
