@@ -22,10 +22,10 @@
  * needing more blocks than the whole pool) finishes with TD_FINISH_ERROR and
  * the others go on. Outputs do not depend on admission, chunking or
  * preemption: the GEMMs are batch-invariant (cpu/linear.h), prefill
- * attention of a query does not depend on its chunk, and recomputation
- * replays each token's path. (One exception: decode attention over contexts
- * of more than 256 tokens is split across threads by the batch's total
- * work, which changes its rounding with the batch.)
+ * attention of a query does not depend on its chunk, decode attention of a
+ * sequence does not depend on its batch (cpu/attention.c cuts a long
+ * sequence by its own length), and recomputation replays each token's
+ * path.
  *
  * The scheduler holds pointers to the caller's td_gen_seq: they must stay
  * valid until finished. One thread drives a scheduler. */
