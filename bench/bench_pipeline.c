@@ -206,7 +206,13 @@ int main(int argc, char **argv) {
     printf("%6s %6s  %-8s %9s %9s %7s %6s %6s %6s %8s %10s\n", "batch", "ctx", "mode", "tok/s", "ms/step", "device",
            "D2H", "H2D", "CPU", "overlap", "step/busy");
     for (int k = 0; k < o.n_configs; k++) {
-        const int B = o.batch[k], L = o.ctx[k];
+        const int B = o.batch[k];
+        int L = o.ctx[k];
+        if (L + o.steps + 1 > m->cfg.n_ctx) { /* the steps must fit the context */
+            L = m->cfg.n_ctx - o.steps - 1;
+            printf("(ctx %d: %d, so that %d steps fit the model's context of %d)\n", o.ctx[k], L, o.steps,
+                   m->cfg.n_ctx);
+        }
         for (int place = TD_ATTN_ON_DEVICE; place <= TD_ATTN_ON_CPU; place++) {
             result r =
                 run_mode(&o, m, dev, (td_attn_place)place, B, L, place == TD_ATTN_ON_CPU && k == 0 ? trace : NULL);

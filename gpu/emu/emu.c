@@ -76,6 +76,7 @@ typedef enum op_kind {
 /* An enqueued op: its arguments, copied at enqueue. */
 typedef struct op {
     op_kind kind;
+    double t_enq; /* td_seconds() at enqueue: when a GPU would have had it */
     union {
         struct {
             void *dst;
@@ -175,15 +176,16 @@ static void sleep_until(double t) {
 
 /* Books seconds on a resource (the device's compute, a link direction):
  * after the work already booked on it, after the stream's previous op, and
- * not before now. Returns the slot's end, which becomes the stream's
+ * not before the op was enqueued (not when the worker got to it: on a
+ * loaded host the worker may run late, a GPU would not). Returns the slot's end, which becomes the stream's
  * cursor: in timed mode a stream runs ahead of the clock, booking, and only
  * an event record (or a sync) sleeps until the cursor, as the host sees a
  * GPU's work only through events. Sleeping per op instead would cost a
  * timer wake-up (tens of microseconds) per op, more than a GPU's launch. */
-static double book(td_stream *s, double *free_at, double seconds) {
+static double book(td_stream *s, double *free_at, double seconds, double t_enq) {
     emu *d = s->d;
     pthread_mutex_lock(&d->lock);
-    double start = td_seconds();
+    double start = t_enq;
     if (*free_at > start)
         start = *free_at;
     if (s->cursor > start)
@@ -591,9 +593,9 @@ static tandem_status run_copy(td_stream *s, const op *o) {
     double end = 0;
     if (dir != TD_COPY_D2D && d->link)
         end = book(s, &d->link_free[dir == TD_COPY_H2D ? 0 : 1],
-                   td_link_model_seconds(d->link, dir == TD_COPY_H2D, o->u.copy.bytes));
+                   td_link_model_seconds(d->link, dir == TD_COPY_H2D, o->u.copy.bytes), o->t_enq);
     else if (d->mode == TD_EMU_TIMED)
-        end = book(s, &d->compute_free, model_seconds(d, o));
+        end = book(s, &d->compute_free, model_seconds(d, o), o->t_enq);
     memmove(o->u.copy.dst, o->u.copy.src, o->u.copy.bytes);
     if (d->mode == TD_EMU_COMPUTE) /* the stream's next op computes for real: after the copy's time */
         sleep_until(end);
@@ -608,7 +610,7 @@ static void run_op(td_stream *s, const op *o) {
     case OP_RECORD: {
         /* the event passes when the stream's booked work ends (timed) or now */
         pthread_mutex_lock(&d->lock);
-        double now = td_seconds(), when = s->cursor > now ? s->cursor : now;
+        double when = s->cursor > o->t_enq ? s->cursor : o->t_enq;
         pthread_mutex_unlock(&d->lock);
         sleep_until(when);
         pthread_mutex_lock(&d->lock);
@@ -631,12 +633,12 @@ static void run_op(td_stream *s, const op *o) {
     case OP_COPY: st = run_copy(s, o); break;
     case OP_MEMSET:
         if (d->mode == TD_EMU_TIMED)
-            book(s, &d->compute_free, model_seconds(d, o));
+            book(s, &d->compute_free, model_seconds(d, o), o->t_enq);
         memset(o->u.copy.dst, o->u.copy.value, o->u.copy.bytes);
         break;
     default:
         if (d->mode == TD_EMU_TIMED) {
-            book(s, &d->compute_free, model_seconds(d, o));
+            book(s, &d->compute_free, model_seconds(d, o), o->t_enq);
             break;
         }
         if (!s->gemm && (st = td_gemm_create(&s->gemm, &e)))
@@ -703,7 +705,8 @@ static tandem_status enqueue(td_stream *s, const op *o, td_error *err) {
             s->cap = cap;
         }
     }
-    s->q[s->len++] = *o;
+    s->q[s->len] = *o;
+    s->q[s->len++].t_enq = td_seconds();
     s->enqueued++;
     pthread_cond_broadcast(&s->cv);
     pthread_mutex_unlock(&s->mu);
