@@ -242,6 +242,23 @@ class Cli(unittest.TestCase):
         self.assertEqual(p.returncode, 1)
         self.assertIn("--device", p.stderr)
 
+    def test_synthetic_model(self):
+        # tools/synth_model.py writes a Llama-shaped GGUF of any size with random weights (for benchmarks):
+        # it opens and runs like any model, on the CPU and in cpu-attn mode
+        synth = path("synth.gguf")
+        tool = os.path.join(os.path.dirname(__file__), "..", "..", "tools", "synth_model.py")
+        subprocess.run([sys.executable, tool, "--layers", "2", "--embd", "256", "--heads", "4", "--kv-heads", "2",
+                        "--ff", "512", "--ctx", "1024", "--tokenizer-from", MODEL, "--out", synth],
+                       check=True, capture_output=True, timeout=300)
+        inp = write_lines("synth.jsonl", jsonl(PROMPTS[:3]))
+        for extra in ([], ["--device", "emu", "--mode", "cpu-attn"]):
+            cmd = [TANDEM, "generate", "--model", synth, "--input", inp, "--output", path("synth.out"),
+                   "--max-tokens", "6", "--ignore-eos", "--quiet", "--kv-budget", "64M"] + extra
+            subprocess.run(cmd, check=True, capture_output=True, timeout=300)
+            out = records("synth.out")
+            self.assertEqual(len(out), 3)
+            self.assertTrue(all(r["completion_tokens"] == 6 for r in out))
+
     def test_usage_errors(self):
         p = subprocess.run([TANDEM, "generate", "--help"], capture_output=True, text=True)
         self.assertEqual(p.returncode, 0)
