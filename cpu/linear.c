@@ -94,6 +94,30 @@ int td_gemm_cached(const td_gemm *g) {
     return n;
 }
 
+/* The primitive descriptor of matmul md; accumulate adds the product to
+ * the destination (a sum post-op). */
+static dnnl_status_t pd_create(td_gemm *g, const dnnl_matmul_desc_t *md, bool accumulate, dnnl_primitive_desc_t *pd) {
+    dnnl_primitive_attr_t attr = NULL;
+    dnnl_post_ops_t po = NULL;
+    dnnl_status_t s = dnnl_success;
+    if (accumulate) {
+        s = dnnl_primitive_attr_create(&attr);
+        if (s == dnnl_success)
+            s = dnnl_post_ops_create(&po);
+        if (s == dnnl_success)
+            s = dnnl_post_ops_append_sum(po, 1.0f);
+        if (s == dnnl_success)
+            s = dnnl_primitive_attr_set_post_ops(attr, po);
+    }
+    if (s == dnnl_success)
+        s = dnnl_primitive_desc_create(pd, md, attr, g->engine, NULL);
+    if (po)
+        dnnl_post_ops_destroy(po);
+    if (attr)
+        dnnl_primitive_attr_destroy(attr);
+    return s;
+}
+
 /* The primitive descriptor of x[m][k] bf16 . W (wmd) -> y[m][n] f32. With
  * wmd == NULL the weights' layout is left to oneDNN (format_tag_any). */
 static dnnl_status_t matmul_pd(td_gemm *g, int64_t m, int64_t k, int64_t n, const dnnl_memory_desc_t *wmd,
@@ -113,24 +137,7 @@ static dnnl_status_t matmul_pd(td_gemm *g, int64_t m, int64_t k, int64_t n, cons
     if (s != dnnl_success)
         return s;
 
-    dnnl_primitive_attr_t attr = NULL;
-    dnnl_post_ops_t po = NULL;
-    if (accumulate) {
-        s = dnnl_primitive_attr_create(&attr);
-        if (s == dnnl_success)
-            s = dnnl_post_ops_create(&po);
-        if (s == dnnl_success)
-            s = dnnl_post_ops_append_sum(po, 1.0f);
-        if (s == dnnl_success)
-            s = dnnl_primitive_attr_set_post_ops(attr, po);
-    }
-    if (s == dnnl_success)
-        s = dnnl_primitive_desc_create(pd, &md, attr, g->engine, NULL);
-    if (po)
-        dnnl_post_ops_destroy(po);
-    if (attr)
-        dnnl_primitive_attr_destroy(attr);
-    return s;
+    return pd_create(g, &md, accumulate, pd);
 }
 
 static tandem_status linear_bf16(td_gemm *g, td_linear *l, const uint16_t *w, td_error *err) {
@@ -328,22 +335,11 @@ tandem_status td_matmul_bf16(td_gemm *g, const td_matmul *mm, td_error *err) {
     dnnl_matmul_desc_t md;
     if (s == dnnl_success)
         s = dnnl_matmul_desc_init(&md, &amd, &bmd, NULL, &cmd);
-    dnnl_primitive_attr_t attr = NULL;
-    dnnl_post_ops_t po = NULL;
     dnnl_primitive_desc_t pd = NULL;
     dnnl_primitive_t prim = NULL;
     dnnl_memory_t ma = NULL, mb = NULL, mc = NULL;
-    if (s == dnnl_success && mm->accumulate) {
-        s = dnnl_primitive_attr_create(&attr);
-        if (s == dnnl_success)
-            s = dnnl_post_ops_create(&po);
-        if (s == dnnl_success)
-            s = dnnl_post_ops_append_sum(po, 1.0f);
-        if (s == dnnl_success)
-            s = dnnl_primitive_attr_set_post_ops(attr, po);
-    }
     if (s == dnnl_success)
-        s = dnnl_primitive_desc_create(&pd, &md, attr, g->engine, NULL);
+        s = pd_create(g, &md, mm->accumulate, &pd);
     if (s == dnnl_success)
         s = dnnl_primitive_create(&prim, pd);
     if (s == dnnl_success)
@@ -363,7 +359,5 @@ tandem_status td_matmul_bf16(td_gemm *g, const td_matmul *mm, td_error *err) {
     dnnl_memory_destroy(mc);
     dnnl_primitive_destroy(prim);
     dnnl_primitive_desc_destroy(pd);
-    dnnl_post_ops_destroy(po);
-    dnnl_primitive_attr_destroy(attr);
     return s == dnnl_success ? TANDEM_OK : dnnl_fail(err, s, "strided matmul");
 }

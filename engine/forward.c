@@ -40,7 +40,7 @@ struct td_forward {
     td_fwd_dev *dev; /* mode device: the step runs there (engine/forward_device.h) */
 };
 
-static size_t h_width(const td_llama_config *c) {
+size_t td_fwd_h_width(const td_llama_config *c) {
     size_t w = (size_t)c->n_embd, q = (size_t)c->n_heads * (size_t)c->head_dim;
     if (q > w)
         w = q;
@@ -86,7 +86,7 @@ tandem_status td_forward_create(const td_model *m, int32_t max_tokens, int n_thr
     const size_t T = (size_t)max_tokens, Q = (size_t)c->n_heads * (size_t)c->head_dim,
                  KV = (size_t)c->n_kv_heads * (size_t)c->head_dim;
     f->x = malloc(T * (size_t)c->n_embd * sizeof(float));
-    f->h = malloc(T * h_width(c) * td_dtype_size(f->act));
+    f->h = malloc(T * td_fwd_h_width(c) * td_dtype_size(f->act));
     f->qkv = malloc(T * (Q + 2 * KV) * sizeof(float));
     f->gu = malloc((T < TD_FFN_ROWS ? T : TD_FFN_ROWS) * 2 * (size_t)c->n_ff * sizeof(float));
     f->cs = malloc(T * 2 * (size_t)c->rope_dim * sizeof(float));

@@ -175,15 +175,6 @@ done:
     return st;
 }
 
-static size_t h_width(const td_llama_config *c) {
-    size_t w = (size_t)c->n_embd, q = (size_t)c->n_heads * (size_t)c->head_dim;
-    if (q > w)
-        w = q;
-    if ((size_t)c->n_ff > w)
-        w = (size_t)c->n_ff;
-    return w;
-}
-
 tandem_status td_fwd_dev_create(const td_model *m, td_device *dev, td_attn_place attn, int32_t max_tokens,
                                 int n_threads, td_fwd_dev **out, td_error *err) {
     *out = NULL;
@@ -228,7 +219,7 @@ tandem_status td_fwd_dev_create(const td_model *m, td_device *dev, td_attn_place
         (st = td_dev_alloc(dev, T * E * 4, (void **)&f->xr, &e)) ||
         (st = td_dev_alloc(dev, T * W * 4, (void **)&f->qkv, &e)) ||
         (st = td_dev_alloc(dev, (T < TD_FFN_ROWS ? T : TD_FFN_ROWS) * 2 * F * 4, (void **)&f->gu, &e)) ||
-        (st = td_dev_alloc(dev, T * h_width(c) * 2, (void **)&f->h, &e)) ||
+        (st = td_dev_alloc(dev, T * td_fwd_h_width(c) * 2, (void **)&f->h, &e)) ||
         (st = td_dev_alloc(dev, f->meta_cap * 4, (void **)&f->meta, &e)) ||
         (st = td_dev_host_alloc(dev, f->meta_cap * 4, (void **)&f->meta_host, &e))) {
         td_fwd_dev_destroy(f);

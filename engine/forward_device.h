@@ -56,6 +56,10 @@ void td_fwd_dev_destroy(td_fwd_dev *f);
 tandem_status td_fwd_dev_step(td_fwd_dev *f, const td_kv_cache *kv, const td_fwd_seq *seqs, int32_t n_seqs, int32_t T,
                               int32_t R, float *logits, td_error *err);
 
+/* Elements of a GEMM-input row: the widest of n_embd, q_dim and n_ff
+ * (engine/forward.c's; both paths size their workspace with it). */
+size_t td_fwd_h_width(const td_llama_config *c);
+
 /* Host memory for the logits the device writes back (pinned), and its release. */
 tandem_status td_fwd_dev_host_alloc(td_fwd_dev *f, size_t bytes, void **p, td_error *err);
 void td_fwd_dev_host_free(td_fwd_dev *f, void *p);

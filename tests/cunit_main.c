@@ -6,8 +6,10 @@
 
 #include "tests/test_util.h"
 
-void td_add_suite(const char *name, const td_test *tests) {
-    CU_pSuite s = CU_add_suite(name, NULL, NULL);
+void td_add_suite(const char *name, const td_test *tests) { td_add_suite_with(name, NULL, NULL, tests); }
+
+void td_add_suite_with(const char *name, CU_InitializeFunc init, CU_CleanupFunc cleanup, const td_test *tests) {
+    CU_pSuite s = CU_add_suite(name, init, cleanup);
     if (!s) {
         fprintf(stderr, "cannot add suite %s: %s\n", name, CU_get_error_msg());
         exit(2);

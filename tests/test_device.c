@@ -1782,23 +1782,10 @@ static int count(const td_test *t) {
     return n;
 }
 
-static void add_suite(const char *name, CU_InitializeFunc init, const td_test *tests) {
-    CU_pSuite s = CU_add_suite(name, init, close_suite);
-    if (!s) {
-        fprintf(stderr, "cannot add suite %s: %s\n", name, CU_get_error_msg());
-        exit(2);
-    }
-    for (const td_test *t = tests; t->name; t++)
-        if (!CU_add_test(s, t->name, t->fn)) {
-            fprintf(stderr, "cannot add test %s: %s\n", t->name, CU_get_error_msg());
-            exit(2);
-        }
-}
-
 void td_test_register(void) {
-    add_suite("emu compute: memory", init_emu_mem, mem_tests);
-    add_suite("emu compute: ops", init_emu_ops, op_tests);
-    add_suite("emu timed and link", init_emu_timed, timed_tests);
+    td_add_suite_with("emu compute: memory", init_emu_mem, close_suite, mem_tests);
+    td_add_suite_with("emu compute: ops", init_emu_ops, close_suite, op_tests);
+    td_add_suite_with("emu timed and link", init_emu_timed, close_suite, timed_tests);
 
     /* CUDA only where a device opens; the probe's device is closed and each
      * suite opens its own, as the emu's do */
@@ -1812,6 +1799,6 @@ void td_test_register(void) {
         return;
     }
     td_device_close(probe);
-    add_suite("cuda: memory", init_cuda, mem_tests);
-    add_suite("cuda: ops", init_cuda, op_tests);
+    td_add_suite_with("cuda: memory", init_cuda, close_suite, mem_tests);
+    td_add_suite_with("cuda: ops", init_cuda, close_suite, op_tests);
 }

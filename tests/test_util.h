@@ -20,6 +20,8 @@ void td_test_register(void);
 
 /* Adds a suite of tests (the array ends with {NULL, NULL}). */
 void td_add_suite(const char *name, const td_test *tests);
+/* The same with CUnit's suite set-up and tear-down (either may be NULL). */
+void td_add_suite_with(const char *name, CU_InitializeFunc init, CU_CleanupFunc cleanup, const td_test *tests);
 
 /* Exit code that CTest reads as "skipped" (SKIP_RETURN_CODE). */
 #define TD_TEST_SKIP 77

@@ -292,28 +292,30 @@ enum {
     OPT_EMU_LINK,
 };
 
+/* The index of s in names[n], or -1. */
+static int parse_name(const char *s, const char *const *names, int n) {
+    for (int i = 0; i < n; i++)
+        if (!strcmp(s, names[i]))
+            return i;
+    return -1;
+}
+
 static bool parse_device(const char *s, tandem_device *out) {
+    /* in tandem_device's order */
     static const char *const names[] = {"auto", "cpu", "cuda", "emu"};
-    static const tandem_device values[] = {TANDEM_DEVICE_AUTO, TANDEM_DEVICE_CPU, TANDEM_DEVICE_CUDA,
-                                           TANDEM_DEVICE_EMU};
-    for (size_t i = 0; i < sizeof names / sizeof names[0]; i++)
-        if (!strcmp(s, names[i])) {
-            *out = values[i];
-            return true;
-        }
-    return false;
+    int i = parse_name(s, names, 4);
+    if (i >= 0)
+        *out = (tandem_device)i;
+    return i >= 0;
 }
 
 static bool parse_mode(const char *s, tandem_mode *out) {
+    /* in tandem_mode's order */
     static const char *const names[] = {"auto", "device", "cpu-attn", "hybrid"};
-    static const tandem_mode values[] = {TANDEM_MODE_AUTO, TANDEM_MODE_DEVICE, TANDEM_MODE_CPU_ATTN,
-                                         TANDEM_MODE_HYBRID};
-    for (size_t i = 0; i < sizeof names / sizeof names[0]; i++)
-        if (!strcmp(s, names[i])) {
-            *out = values[i];
-            return true;
-        }
-    return false;
+    int i = parse_name(s, names, 4);
+    if (i >= 0)
+        *out = (tandem_mode)i;
+    return i >= 0;
 }
 
 static int cmd_generate(int argc, char **argv) {
