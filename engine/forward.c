@@ -149,8 +149,7 @@ void td_forward_reset_stats(td_forward *f) { memset(&f->stats, 0, sizeof f->stat
 
 /* Checks the batch against the model, the cache and the workspace; returns
  * the token count and the number of logits rows. */
-static tandem_status check_batch(const td_forward *f, const td_kv_cache *kv, const td_fwd_seq *seqs, int32_t n_seqs,
-                                 int32_t *n_tok, int32_t *n_rows, td_error *err) {
+static tandem_status check_cache(const td_forward *f, const td_kv_cache *kv, td_error *err) {
     const td_llama_config *c = &f->m->cfg;
     const td_kv_layout *l = td_kv_get_layout(kv);
     if (l->n_layers != c->n_layers || l->n_kv_heads != c->n_kv_heads || l->head_dim != c->head_dim)
@@ -158,6 +157,21 @@ static tandem_status check_batch(const td_forward *f, const td_kv_cache *kv, con
                        "forward: KV cache shape (%d layers, %d kv heads, head dim %d) does not match the model's "
                        "(%d, %d, %d)",
                        l->n_layers, l->n_kv_heads, l->head_dim, c->n_layers, c->n_kv_heads, c->head_dim);
+    return TANDEM_OK;
+}
+
+/* The cache a sequence's KV is in: with two, the host's when on_host. */
+static const td_kv_cache *cache_of(const td_kv_cache *dkv, const td_kv_cache *hkv, const td_fwd_seq *s) {
+    return !dkv || (hkv && s->on_host) ? hkv : dkv;
+}
+
+static tandem_status check_batch(const td_forward *f, const td_kv_cache *dkv, const td_kv_cache *hkv,
+                                 const td_fwd_seq *seqs, int32_t n_seqs, int32_t *n_tok, int32_t *n_rows,
+                                 td_error *err) {
+    const td_llama_config *c = &f->m->cfg;
+    tandem_status st;
+    if ((dkv && (st = check_cache(f, dkv, err))) || (hkv && (st = check_cache(f, hkv, err))))
+        return st;
     if (n_seqs < 1)
         return td_fail(err, TANDEM_ERR_INVALID_ARGUMENT, "forward: empty batch");
     int64_t t = 0, r = 0;
@@ -166,7 +180,7 @@ static tandem_status check_batch(const td_forward *f, const td_kv_cache *kv, con
         if (s->n_tokens < 1 || s->pos < 0 || !s->tokens)
             return td_fail(err, TANDEM_ERR_INVALID_ARGUMENT, "forward: sequence %d of the batch: %d tokens at %d", i,
                            s->n_tokens, s->pos);
-        int32_t len = td_kv_seq_len(kv, s->kv_seq);
+        int32_t len = td_kv_seq_len(cache_of(dkv, hkv, s), s->kv_seq);
         if (len < 0)
             return td_fail(err, TANDEM_ERR_NOT_FOUND, "forward: sequence %d of the batch: KV sequence %d is not live",
                            i, s->kv_seq);
@@ -317,14 +331,17 @@ static tandem_status layer(td_forward *f, td_kv_cache *kv, int32_t l, const td_f
     return TANDEM_OK;
 }
 
-static tandem_status step(td_forward *f, td_kv_cache *kv, const td_fwd_seq *seqs, int32_t n_seqs, float **logits,
-                          int32_t *n_rows, td_error *err) {
+/* One step. The host path and mode device use dkv alone (the host's own
+ * cache, or the device's); cpu-attn hkv alone; hybrid both. */
+static tandem_status step(td_forward *f, td_kv_cache *dkv, td_kv_cache *hkv, const td_fwd_seq *seqs, int32_t n_seqs,
+                          float **logits, int32_t *n_rows, td_error *err) {
+    td_kv_cache *kv = dkv ? dkv : hkv;
     const td_model *m = f->m;
     const td_llama_config *c = &m->cfg;
     const int64_t E = c->n_embd;
     int32_t T = 0, R = 0;
     tandem_status st;
-    if ((st = check_batch(f, kv, seqs, n_seqs, &T, &R, err)))
+    if ((st = check_batch(f, dkv, hkv, seqs, n_seqs, &T, &R, err)))
         return st;
     if (R > f->logits_cap) {
         const size_t bytes = (size_t)R * (size_t)c->n_vocab * sizeof(float);
@@ -342,7 +359,7 @@ static tandem_status step(td_forward *f, td_kv_cache *kv, const td_fwd_seq *seqs
     }
     double t = td_seconds();
     if (f->dev) {
-        if ((st = td_fwd_dev_step(f->dev, kv, seqs, n_seqs, T, R, f->logits, err)))
+        if ((st = td_fwd_dev_step(f->dev, dkv, hkv, seqs, n_seqs, T, R, f->logits, err)))
             return st;
         f->stats.device += td_seconds() - t;
         f->stats.steps++;
@@ -387,7 +404,23 @@ tandem_status td_forward_step(td_forward *f, td_kv_cache *kv, const td_fwd_seq *
      * for this step, and give the caller its own setting back. */
     int saved = omp_get_max_threads();
     omp_set_num_threads(f->n_threads);
-    tandem_status st = step(f, kv, seqs, n_seqs, logits, rows, err);
+    /* one cache: the device's for mode device (or the host path), the host's for cpu-attn */
+    const bool host_kv = f->dev && td_fwd_dev_place(f->dev) == TD_ATTN_ON_CPU;
+    tandem_status st = step(f, host_kv ? NULL : kv, host_kv ? kv : NULL, seqs, n_seqs, logits, rows, err);
+    omp_set_num_threads(saved);
+    return st;
+}
+
+tandem_status td_forward_step_hybrid(td_forward *f, td_kv_cache *dkv, td_kv_cache *hkv, const td_fwd_seq *seqs,
+                                     int32_t n_seqs, float **logits, int32_t *rows, td_error *err) {
+    *logits = NULL;
+    *rows = 0;
+    if (!f->dev || td_fwd_dev_place(f->dev) != TD_ATTN_HYBRID || !dkv || !hkv)
+        return td_fail(err, TANDEM_ERR_INVALID_ARGUMENT,
+                       "forward: a hybrid step needs a forward pass created for hybrid and both caches");
+    int saved = omp_get_max_threads();
+    omp_set_num_threads(f->n_threads);
+    tandem_status st = step(f, dkv, hkv, seqs, n_seqs, logits, rows, err);
     omp_set_num_threads(saved);
     return st;
 }

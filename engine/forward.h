@@ -53,6 +53,10 @@ typedef struct td_fwd_seq {
      * that recomputes a sequence (preemption) must send each token down the
      * path it took the first time to get the same results. */
     bool prompt;
+    /* With attention placed TD_ATTN_HYBRID: the sequence's KV is in the host
+     * cache and it attends on the CPU (else in the device cache, on the
+     * device). Ignored by the other placements. */
+    bool on_host;
 } td_fwd_seq;
 
 /* Seconds spent in each part of the steps run so far. */
@@ -75,6 +79,7 @@ void td_forward_destroy(td_forward *f);
 typedef enum td_attn_place {
     TD_ATTN_ON_DEVICE = 0, /* mode device: the KV cache in device memory */
     TD_ATTN_ON_CPU = 1,    /* mode cpu-attn: the KV cache in host memory, attention on the CPU */
+    TD_ATTN_HYBRID = 2,    /* mode hybrid: each sequence where its KV is (td_fwd_seq.on_host) */
 } td_attn_place;
 
 /* The same steps with the linear layers on a device
@@ -86,8 +91,14 @@ typedef enum td_attn_place {
 tandem_status td_forward_create_on_device(const td_model *m, td_device *dev, td_attn_place attn, int32_t max_tokens,
                                           int n_threads, td_forward **out, td_error *err);
 
-/* The pipeline of a TD_ATTN_ON_CPU forward pass (its stats, its trace);
- * NULL for the others. */
+/* A step of a TD_ATTN_HYBRID forward pass: sequences with on_host set
+ * have their KV in hkv (host memory), the others in dkv (device memory).
+ * The same result as td_forward_step for every sequence. */
+tandem_status td_forward_step_hybrid(td_forward *f, td_kv_cache *dkv, td_kv_cache *hkv, const td_fwd_seq *seqs,
+                                     int32_t n_seqs, float **logits, int32_t *rows, td_error *err);
+
+/* The pipeline of a TD_ATTN_ON_CPU or TD_ATTN_HYBRID forward pass (its
+ * stats, its trace); NULL for the others. */
 td_pipe *td_forward_pipe(td_forward *f);
 
 /* Runs one step. kv must have the model's layer count, kv heads and head

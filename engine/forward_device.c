@@ -18,9 +18,11 @@ typedef struct dev_layer {
     td_dweights *wqkv, *wo, *wgu, *wdown;
 } dev_layer;
 
-/* A sub-batch of a cpu-attn step: its tokens [t0, t1), sequences [s0, s1). */
+/* A sub-batch of a pipelined step, in the step's order (sequences whose KV
+ * is on the device first, then those on the host): its tokens [t0, t1) and
+ * sequences [s0, s1), of which the host's start at token h0, sequence hs0. */
 typedef struct sub_batch {
-    int32_t t0, t1, s0, s1;
+    int32_t t0, t1, h0, s0, s1, hs0;
 } sub_batch;
 
 struct td_fwd_dev {
@@ -52,9 +54,14 @@ struct td_fwd_dev {
     td_attn_run *runs;  /* [max_tokens] */
     int32_t *seq_first; /* [max_tokens]: each sequence's first token */
     int n_threads;
+    td_fwd_seq *order; /* [max_tokens]: the step's sequences, device-placed first */
+    int32_t *inv;      /* [max_tokens]: each caller's sequence's place in order */
     /* the step in flight */
     td_kv_cache *hkv;
-    const td_fwd_seq *seqs;
+    const td_fwd_seq *seqs; /* = order */
+    int32_t n_dev, t_dev;   /* sequences and tokens whose KV is on the device */
+    td_dkv dkv;
+    const struct step_meta *sm;
     int32_t pos_off; /* meta offset of the positions */
     sub_batch sb[TD_PIPE_MAX_SUB];
 };
@@ -94,6 +101,8 @@ void td_fwd_dev_destroy(td_fwd_dev *f) {
     free(f->ents);
     free(f->runs);
     free(f->seq_first);
+    free(f->order);
+    free(f->inv);
     td_dev_free(d, f->x);
     td_dev_free(d, f->xr);
     td_dev_free(d, f->qkv);
@@ -196,11 +205,13 @@ tandem_status td_fwd_dev_create(const td_model *m, td_device *dev, td_attn_place
     const size_t Q = (size_t)c->n_heads * (size_t)c->head_dim;
     td_error e;
     tandem_status st = TANDEM_OK;
-    if (attn == TD_ATTN_ON_CPU) {
+    if (attn != TD_ATTN_ON_DEVICE) {
         f->ents = malloc(T * sizeof *f->ents);
         f->runs = malloc(T * sizeof *f->runs);
         f->seq_first = malloc(T * sizeof *f->seq_first);
-        if (!f->ents || !f->runs || !f->seq_first)
+        f->order = malloc(T * sizeof *f->order);
+        f->inv = malloc(T * sizeof *f->inv);
+        if (!f->ents || !f->runs || !f->seq_first || !f->order || !f->inv)
             st = td_fail(&e, TANDEM_ERR_OUT_OF_MEMORY, "out of host memory");
         if (st || (st = td_pipe_create(dev, &f->pipe, &e)) ||
             (st = td_attn_create(n_threads, m->isa, &f->cpu_attn, &e)) ||
@@ -236,6 +247,7 @@ tandem_status td_fwd_dev_host_alloc(td_fwd_dev *f, size_t bytes, void **p, td_er
 void td_fwd_dev_host_free(td_fwd_dev *f, void *p) { td_dev_host_free(f->dev, p); }
 
 td_pipe *td_fwd_dev_pipe(td_fwd_dev *f) { return f->pipe; }
+td_attn_place td_fwd_dev_place(const td_fwd_dev *f) { return f->attn; }
 
 /* The step's integer arrays, laid out in meta (offsets in ints). */
 typedef struct step_meta {
@@ -246,14 +258,17 @@ typedef struct step_meta {
     size_t used;
 } step_meta;
 
-/* Fills meta_host for the step: token ids, positions and cache slots, the
- * logits rows, and each attention call's sequences and block tables. */
-static void lay_out(td_fwd_dev *f, const td_kv_cache *kv, const td_fwd_seq *seqs, int32_t n_seqs, int32_t T,
-                    step_meta *sm) {
-    const int32_t bt = td_kv_get_layout(kv)->block_tokens;
+/* Fills meta_host for the step: token ids and positions, the cache slots
+ * of the first n_dev sequences (whose KV is on the device: dkv) and their
+ * attention calls' sequences and block tables, and the logits rows in the
+ * caller's order (inv[i]: where the caller's sequence i is in seqs; NULL:
+ * the same order). */
+static void lay_out(td_fwd_dev *f, const td_kv_cache *dkv, const td_fwd_seq *seqs, int32_t n_seqs, int32_t n_dev,
+                    const int32_t *inv, int32_t T, step_meta *sm) {
+    const int32_t bt = dkv ? td_kv_get_layout(dkv)->block_tokens : 16;
     int32_t *h = f->meta_host;
     memset(sm, 0, sizeof *sm);
-    for (int32_t i = 0; i < n_seqs; i++) {
+    for (int32_t i = 0; i < n_dev; i++) {
         const int32_t blocks = (seqs[i].pos + seqs[i].n_tokens + bt - 1) / bt;
         if (blocks > sm->stride)
             sm->stride = blocks;
@@ -275,28 +290,84 @@ static void lay_out(td_fwd_dev *f, const td_kv_cache *kv, const td_fwd_seq *seqs
     sm->pre_table = sm->dec_table + sm->n_dec * sm->stride;
     sm->used = (size_t)sm->pre_table + (size_t)sm->n_pre * (size_t)sm->stride;
 
-    int32_t t = 0, r = 0, nd = 0, np = 0;
+    int32_t t = 0, nd = 0, np = 0;
+    int32_t *first = f->seq_first ? f->seq_first : NULL;
     for (int32_t i = 0; i < n_seqs; i++) {
         const td_fwd_seq *s = &seqs[i];
-        const int32_t *blocks = td_kv_seq_blocks(kv, s->kv_seq);
-        const int32_t nb = (s->pos + s->n_tokens + bt - 1) / bt;
-        const bool dec = s->n_tokens == 1 && !s->prompt;
-        const int32_t j = dec ? nd++ : np++;
-        int32_t *table = h + (dec ? sm->dec_table : sm->pre_table) + (size_t)j * sm->stride;
-        memcpy(table, blocks, (size_t)nb * sizeof *table);
-        memset(table + nb, 0, (size_t)(sm->stride - nb) * sizeof *table);
-        h[(dec ? sm->dec_first : sm->pre_first) + j] = t;
-        h[(dec ? sm->dec_n : sm->pre_n) + j] = s->n_tokens;
-        h[(dec ? sm->dec_pos : sm->pre_pos) + j] = s->pos;
+        const bool on_dev = i < n_dev;
+        const int32_t *blocks = on_dev ? td_kv_seq_blocks(dkv, s->kv_seq) : NULL;
+        if (first)
+            first[i] = t;
+        if (on_dev) {
+            const int32_t nb = (s->pos + s->n_tokens + bt - 1) / bt;
+            const bool dec = s->n_tokens == 1 && !s->prompt;
+            const int32_t j = dec ? nd++ : np++;
+            int32_t *table = h + (dec ? sm->dec_table : sm->pre_table) + (size_t)j * sm->stride;
+            memcpy(table, blocks, (size_t)nb * sizeof *table);
+            memset(table + nb, 0, (size_t)(sm->stride - nb) * sizeof *table);
+            h[(dec ? sm->dec_first : sm->pre_first) + j] = t;
+            h[(dec ? sm->dec_n : sm->pre_n) + j] = s->n_tokens;
+            h[(dec ? sm->dec_pos : sm->pre_pos) + j] = s->pos;
+        }
         for (int32_t k = 0; k < s->n_tokens; k++, t++) {
             const int32_t p = s->pos + k;
             h[sm->ids + t] = s->tokens[k];
             h[sm->pos + t] = p;
-            h[sm->slots + t] = blocks[p / bt] * bt + p % bt;
-            if (s->logits == TD_LOGITS_ALL || (s->logits == TD_LOGITS_LAST && k == s->n_tokens - 1))
-                h[sm->rows + r++] = t;
+            h[sm->slots + t] = on_dev ? blocks[p / bt] * bt + p % bt : 0;
         }
     }
+    /* logits rows, in the caller's order of sequences */
+    int32_t r = 0;
+    for (int32_t i = 0; i < n_seqs; i++) {
+        const int32_t k = inv ? inv[i] : i;
+        const td_fwd_seq *s = &seqs[k];
+        int32_t t0 = 0;
+        if (first)
+            t0 = first[k];
+        else
+            for (int32_t j = 0; j < k; j++)
+                t0 += seqs[j].n_tokens;
+        for (int32_t j = 0; j < s->n_tokens; j++)
+            if (s->logits == TD_LOGITS_ALL || (s->logits == TD_LOGITS_LAST && j == s->n_tokens - 1))
+                h[sm->rows + r++] = t0 + j;
+    }
+}
+
+/* The attention calls of the device-placed sequences of a step (decode
+ * entries, then prompt chunks) for layer l, out: [rows][q_dim] bf16. */
+static tandem_status device_attention(td_fwd_dev *f, td_stream *s, const td_dkv *kv, int32_t l, const step_meta *sm,
+                                      uint16_t *out, td_error *err) {
+    const td_llama_config *c = &f->m->cfg;
+    const int64_t D = c->head_dim, Q = (int64_t)c->n_heads * D, W = Q + 2 * (int64_t)c->n_kv_heads * D;
+    tandem_status st;
+    td_dattn a = {.kv = *kv,
+                  .layer = l,
+                  .n_q_heads = c->n_heads,
+                  .scale = (float)(1.0 / sqrt((double)D)),
+                  .table_stride = sm->stride,
+                  .max_ctx = sm->max_ctx,
+                  .q = f->qkv,
+                  .q_stride = W,
+                  .out = out,
+                  .out_stride = Q,
+                  .out_dtype = TD_DTYPE_BF16};
+    if (sm->n_dec) {
+        a.n_seqs = sm->n_dec;
+        a.q_first = f->meta + sm->dec_first, a.n_q = f->meta + sm->dec_n, a.pos = f->meta + sm->dec_pos;
+        a.block_table = f->meta + sm->dec_table;
+        a.max_q = 1;
+        if ((st = td_dev_attn_decode(f->dev, s, &a, err)))
+            return st;
+    }
+    if (sm->n_pre) {
+        a.n_seqs = sm->n_pre;
+        a.q_first = f->meta + sm->pre_first, a.n_q = f->meta + sm->pre_n, a.pos = f->meta + sm->pre_pos;
+        a.block_table = f->meta + sm->pre_table;
+        a.max_q = sm->max_q;
+        if ((st = td_dev_attn_prefill(f->dev, s, &a, err)))
+            return st;
+    }
+    return TANDEM_OK;
 }
 
 static tandem_status layer(td_fwd_dev *f, const td_dkv *kv, int32_t l, int32_t T, const step_meta *sm, td_error *err) {
@@ -315,33 +386,8 @@ static tandem_status layer(td_fwd_dev *f, const td_dkv *kv, int32_t l, int32_t T
                           f->inv_freq, err)) ||
         (st = td_dev_kv_append(d, s, kv, l, T, f->qkv + Q, W, f->qkv + Q + KV, W, f->meta + sm->slots, err)))
         return st;
-    td_dattn a = {.kv = *kv,
-                  .layer = l,
-                  .n_q_heads = c->n_heads,
-                  .scale = (float)(1.0 / sqrt((double)D)),
-                  .table_stride = sm->stride,
-                  .max_ctx = sm->max_ctx,
-                  .q = f->qkv,
-                  .q_stride = W,
-                  .out = f->h,
-                  .out_stride = Q,
-                  .out_dtype = TD_DTYPE_BF16};
-    if (sm->n_dec) {
-        a.n_seqs = sm->n_dec;
-        a.q_first = f->meta + sm->dec_first, a.n_q = f->meta + sm->dec_n, a.pos = f->meta + sm->dec_pos;
-        a.block_table = f->meta + sm->dec_table;
-        a.max_q = 1;
-        if ((st = td_dev_attn_decode(d, s, &a, err)))
-            return st;
-    }
-    if (sm->n_pre) {
-        a.n_seqs = sm->n_pre;
-        a.q_first = f->meta + sm->pre_first, a.n_q = f->meta + sm->pre_n, a.pos = f->meta + sm->pre_pos;
-        a.block_table = f->meta + sm->pre_table;
-        a.max_q = sm->max_q;
-        if ((st = td_dev_attn_prefill(d, s, &a, err)))
-            return st;
-    }
+    if ((st = device_attention(f, s, kv, l, sm, f->h, err)))
+        return st;
     if ((st = td_dev_linear(d, s, L->wo, T, f->h, Q, f->x, E, true, err)))
         return st;
     for (int32_t r0 = 0; r0 < T; r0 += TD_FFN_ROWS) {
@@ -369,8 +415,19 @@ static tandem_status stage_pre(void *ctx, int32_t b, int32_t l, td_stream *s, td
                              err)) ||
         (st = td_dev_linear(f->dev, s, L->wqkv, n, f->h, E, f->qkv + t0 * W, W, false, err)))
         return st;
-    return td_dev_rope(f->dev, s, n, f->qkv + t0 * W, W, c->n_heads + c->n_kv_heads, c->head_dim, c->rope_dim,
-                       f->meta + f->pos_off + t0, f->inv_freq, err);
+    if ((st = td_dev_rope(f->dev, s, n, f->qkv + t0 * W, W, c->n_heads + c->n_kv_heads, c->head_dim, c->rope_dim,
+                          f->meta + f->pos_off + t0, f->inv_freq, err)))
+        return st;
+    if (b > 0 || f->n_dev == 0)
+        return TANDEM_OK;
+    /* the sequences whose KV is on the device (all in sub-batch 0) attend
+     * there, straight into the attention output */
+    const int64_t Q = (int64_t)c->n_heads * c->head_dim, KV = (int64_t)c->n_kv_heads * c->head_dim;
+    const struct step_meta *sm = f->sm;
+    if ((st = td_dev_kv_append(f->dev, s, &f->dkv, l, f->t_dev, f->qkv + Q, W, f->qkv + Q + KV, W, f->meta + sm->slots,
+                               err)))
+        return st;
+    return device_attention(f, s, &f->dkv, l, sm, f->ao, err);
 }
 
 static tandem_status stage_down(void *ctx, int32_t b, int32_t l, td_stream *s, td_error *err) {
@@ -378,7 +435,9 @@ static tandem_status stage_down(void *ctx, int32_t b, int32_t l, td_stream *s, t
     (void)l;
     const td_llama_config *c = &f->m->cfg;
     const int64_t W = (int64_t)(c->n_heads + 2 * c->n_kv_heads) * c->head_dim;
-    const int32_t t0 = f->sb[b].t0, n = f->sb[b].t1 - t0;
+    const int32_t t0 = f->sb[b].h0, n = f->sb[b].t1 - t0; /* the host-placed rows */
+    if (n == 0)
+        return TANDEM_OK;
     return td_dev_copy(f->dev, s, f->qkv_host + t0 * W, f->qkv + t0 * W, (size_t)(n * W) * 4, TD_COPY_D2H, err);
 }
 
@@ -391,7 +450,7 @@ static tandem_status stage_attend(void *ctx, int32_t b, int32_t l, td_error *err
     const int64_t Q = (int64_t)c->n_heads * c->head_dim, KV = (int64_t)c->n_kv_heads * c->head_dim, W = Q + 2 * KV;
     const sub_batch *sb = &f->sb[b];
     int32_t n_ents = 0, n_runs = 0;
-    for (int32_t i = sb->s0; i < sb->s1; i++) {
+    for (int32_t i = sb->hs0; i < sb->s1; i++) {
         const td_fwd_seq *q = &f->seqs[i];
         const int32_t t = f->seq_first[i];
         const int32_t *blocks = td_kv_seq_blocks(f->hkv, q->kv_seq);
@@ -408,8 +467,8 @@ static tandem_status stage_attend(void *ctx, int32_t b, int32_t l, td_error *err
                                               .out_stride = Q};
     }
     /* check_batch validated every row: the writes cannot fail */
-#pragma omp parallel for schedule(static) if (sb->t1 - sb->t0 >= 8)
-    for (int32_t i = sb->s0; i < sb->s1; i++) {
+#pragma omp parallel for schedule(static) if (sb->t1 - sb->h0 >= 8)
+    for (int32_t i = sb->hs0; i < sb->s1; i++) {
         const td_fwd_seq *q = &f->seqs[i];
         const float *row = f->qkv_host + (int64_t)f->seq_first[i] * W;
         for (int32_t j = 0; j < q->n_tokens; j++, row += W)
@@ -444,7 +503,9 @@ static tandem_status stage_up(void *ctx, int32_t b, int32_t l, td_stream *s, td_
     td_fwd_dev *f = ctx;
     (void)l;
     const int64_t Q = (int64_t)f->m->cfg.n_heads * f->m->cfg.head_dim;
-    const int32_t t0 = f->sb[b].t0, n = f->sb[b].t1 - t0;
+    const int32_t t0 = f->sb[b].h0, n = f->sb[b].t1 - t0;
+    if (n == 0)
+        return TANDEM_OK;
     return td_dev_copy(f->dev, s, f->ao + t0 * Q, f->ao_host + t0 * Q, (size_t)(n * Q) * 2, TD_COPY_H2D, err);
 }
 
@@ -470,30 +531,61 @@ static tandem_status stage_post(void *ctx, int32_t b, int32_t l, td_stream *s, t
 
 static const td_pipe_stages cpu_attn_stages = {stage_pre, stage_down, stage_attend, stage_up, stage_post};
 
-/* Splits the batch in two sub-batches of about equal CPU attention work
- * (cached tokens read per query, and a fixed cost per token), at a
- * sequence boundary; one sub-batch when there is one sequence. */
-static int32_t split(td_fwd_dev *f, const td_fwd_seq *seqs, int32_t n_seqs) {
-    double total = 0, part = 0;
-    int32_t t = 0;
+/* Orders the step's sequences, those whose KV is on the device first
+ * (all on the host without dkv, all on the device without hkv), and splits
+ * them in two sub-batches: the device-placed ones and about half of the
+ * host's CPU attention work (cached tokens read, and a fixed cost per
+ * token) in sub-batch 0, the rest in sub-batch 1, at a sequence boundary;
+ * one sub-batch when there is one host sequence or none. Returns the
+ * number of sub-batches. */
+static int32_t order_and_split(td_fwd_dev *f, const td_kv_cache *dkv, const td_kv_cache *hkv, const td_fwd_seq *seqs,
+                               int32_t n_seqs) {
+    int32_t k = 0;
+    for (int pass = 0; pass < 2; pass++) /* device-placed, then host-placed, each in the caller's order */
+        for (int32_t i = 0; i < n_seqs; i++) {
+            const bool host = !dkv || (hkv && seqs[i].on_host);
+            if (host == (pass == 1)) {
+                f->inv[i] = k;
+                f->order[k++] = seqs[i];
+            }
+        }
+    int32_t n_dev = 0, t = 0;
     for (int32_t i = 0; i < n_seqs; i++) {
-        f->seq_first[i] = t;
-        t += seqs[i].n_tokens;
-        total += (double)seqs[i].n_tokens * (seqs[i].pos + seqs[i].n_tokens + 64.0);
+        const bool host = !dkv || (hkv && f->order[i].on_host);
+        n_dev += !host;
+        if (!host)
+            t += f->order[i].n_tokens;
     }
-    int32_t cut = 1;
-    for (; cut < n_seqs - 1; cut++) {
-        part += (double)seqs[cut - 1].n_tokens * (seqs[cut - 1].pos + seqs[cut - 1].n_tokens + 64.0);
-        if (part + (double)seqs[cut].n_tokens * (seqs[cut].pos + seqs[cut].n_tokens + 64.0) / 2 >= total / 2)
-            break;
+    f->n_dev = n_dev;
+    f->t_dev = t;
+    const td_fwd_seq *h = f->order + n_dev;
+    const int32_t n_host = n_seqs - n_dev;
+    double total = 0, part = 0;
+    for (int32_t i = 0; i < n_host; i++)
+        total += (double)h[i].n_tokens * (h[i].pos + h[i].n_tokens + 64.0);
+    int32_t cut = n_host; /* host sequences [0, cut) go to sub-batch 0 */
+    if (n_host >= 2) {
+        cut = n_dev > 0 ? 0 : 1; /* with device work, sub-batch 0 may hold no host sequence */
+        for (; cut < n_host - 1; cut++) {
+            const double c = (double)h[cut].n_tokens * (h[cut].pos + h[cut].n_tokens + 64.0);
+            if (part + c / 2 >= total / 2)
+                break;
+            part += c;
+        }
     }
-    f->sb[0] = (sub_batch){.t0 = 0, .t1 = n_seqs > 1 ? f->seq_first[cut] : t, .s0 = 0, .s1 = n_seqs > 1 ? cut : 1};
-    f->sb[1] = (sub_batch){.t0 = f->sb[0].t1, .t1 = t, .s0 = f->sb[0].s1, .s1 = n_seqs};
-    return n_seqs > 1 ? 2 : 1;
+    int32_t tokens = t, t_cut = t;
+    for (int32_t i = 0; i < n_host; i++) {
+        tokens += h[i].n_tokens;
+        if (i < cut)
+            t_cut += h[i].n_tokens;
+    }
+    f->sb[0] = (sub_batch){.t0 = 0, .t1 = t_cut, .h0 = t, .s0 = 0, .s1 = n_dev + cut, .hs0 = n_dev};
+    f->sb[1] = (sub_batch){.t0 = t_cut, .t1 = tokens, .h0 = t_cut, .s0 = n_dev + cut, .s1 = n_seqs, .hs0 = n_dev + cut};
+    return cut < n_host ? 2 : 1;
 }
 
-tandem_status td_fwd_dev_step(td_fwd_dev *f, const td_kv_cache *kv, const td_fwd_seq *seqs, int32_t n_seqs, int32_t T,
-                              int32_t R, float *logits, td_error *err) {
+tandem_status td_fwd_dev_step(td_fwd_dev *f, const td_kv_cache *dkv, td_kv_cache *hkv, const td_fwd_seq *seqs,
+                              int32_t n_seqs, int32_t T, int32_t R, float *logits, td_error *err) {
     const td_llama_config *c = &f->m->cfg;
     td_device *d = f->dev;
     td_stream *s = f->s;
@@ -508,25 +600,32 @@ tandem_status td_fwd_dev_step(td_fwd_dev *f, const td_kv_cache *kv, const td_fwd
         f->logits_cap = R;
     }
     step_meta sm;
-    lay_out(f, kv, seqs, n_seqs, T, &sm);
+    int32_t n_sub = 0;
+    if (f->attn == TD_ATTN_ON_DEVICE) {
+        lay_out(f, dkv, seqs, n_seqs, n_seqs, NULL, T, &sm);
+    } else {
+        n_sub = order_and_split(f, dkv, hkv, seqs, n_seqs);
+        lay_out(f, dkv, f->order, n_seqs, f->n_dev, f->inv, T, &sm);
+    }
     if (sm.used > f->meta_cap)
         return td_fail(err, TANDEM_ERR_INTERNAL, "forward: %zu ints of step metadata (room for %zu)", sm.used,
                        f->meta_cap);
-    const td_dkv dkv = {
-        .pool = (void *)td_kv_pool(kv), .n_blocks = td_kv_n_blocks(kv), .layout = *td_kv_get_layout(kv)};
+    if (dkv)
+        f->dkv = (td_dkv){
+            .pool = (void *)td_kv_pool(dkv), .n_blocks = td_kv_n_blocks(dkv), .layout = *td_kv_get_layout(dkv)};
     if ((st = td_dev_copy(d, s, f->meta, f->meta_host, sm.used * 4, TD_COPY_H2D, err)) ||
         (st = td_dev_embed(d, s, f->tok_embd, TD_DTYPE_F32, V, E, f->meta + sm.ids, T, f->x, err)))
         goto sync;
-    if (f->attn == TD_ATTN_ON_CPU) {
-        f->hkv = (td_kv_cache *)kv; /* the host cache: its rows are written by stage_attend only */
-        f->seqs = seqs;
+    if (f->attn != TD_ATTN_ON_DEVICE) {
+        f->hkv = hkv; /* its rows are written by stage_attend only */
+        f->seqs = f->order;
         f->pos_off = sm.pos;
-        const int32_t n_sub = split(f, seqs, n_seqs);
+        f->sm = &sm;
         if ((st = td_pipe_run(f->pipe, n_sub, c->n_layers, &cpu_attn_stages, f, err)))
             goto sync;
     } else {
         for (int32_t l = 0; l < c->n_layers; l++)
-            if ((st = layer(f, &dkv, l, T, &sm, err)))
+            if ((st = layer(f, &f->dkv, l, T, &sm, err)))
                 goto sync;
     }
     if (R > 0 && ((st = td_dev_embed(d, s, f->x, TD_DTYPE_F32, T, E, f->meta + sm.rows, R, f->xr, err)) ||

@@ -51,10 +51,11 @@ tandem_status td_fwd_dev_create(const td_model *m, td_device *dev, td_attn_place
 void td_fwd_dev_destroy(td_fwd_dev *f);
 
 /* One step over a batch forward.c has checked: T tokens, R logits rows,
- * written to logits (host, [R][n_vocab]). kv's pool is device memory, or
- * with TD_ATTN_ON_CPU host memory. */
-tandem_status td_fwd_dev_step(td_fwd_dev *f, const td_kv_cache *kv, const td_fwd_seq *seqs, int32_t n_seqs, int32_t T,
-                              int32_t R, float *logits, td_error *err);
+ * written to logits (host, [R][n_vocab]). dkv: the cache in device memory
+ * (mode device, hybrid), hkv: the host's (cpu-attn, hybrid); a hybrid step
+ * with one of them puts every sequence there. */
+tandem_status td_fwd_dev_step(td_fwd_dev *f, const td_kv_cache *dkv, td_kv_cache *hkv, const td_fwd_seq *seqs,
+                              int32_t n_seqs, int32_t T, int32_t R, float *logits, td_error *err);
 
 /* Elements of a GEMM-input row: the widest of n_embd, q_dim and n_ff
  * (engine/forward.c's; both paths size their workspace with it). */
@@ -64,10 +65,12 @@ size_t td_fwd_h_width(const td_llama_config *c);
 tandem_status td_fwd_dev_host_alloc(td_fwd_dev *f, size_t bytes, void **p, td_error *err);
 void td_fwd_dev_host_free(td_fwd_dev *f, void *p);
 
-/* The pipeline of TD_ATTN_ON_CPU (NULL otherwise). */
+/* The pipeline of TD_ATTN_ON_CPU and TD_ATTN_HYBRID (NULL otherwise). */
 td_pipe *td_fwd_dev_pipe(td_fwd_dev *f);
+td_attn_place td_fwd_dev_place(const td_fwd_dev *f);
 
-/* The pipeline of TD_ATTN_ON_CPU (NULL otherwise). */
+/* The pipeline of TD_ATTN_ON_CPU and TD_ATTN_HYBRID (NULL otherwise). */
 td_pipe *td_fwd_dev_pipe(td_fwd_dev *f);
+td_attn_place td_fwd_dev_place(const td_fwd_dev *f);
 
 #endif /* TD_ENGINE_FORWARD_DEVICE_H */

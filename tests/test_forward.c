@@ -227,17 +227,23 @@ static void test_logits_bf16(void) { logits_vs_oracle(TD_WEIGHTS_BF16, TD_DTYPE_
 static void generate_on(td_device *dev, td_attn_place attn, td_model *m, td_dtype kv_dtype, const uint32_t *which,
                         uint32_t n, bool stagger, int32_t chunk, int32_t (*out)[64], float *first_logits) {
     void *pool = NULL;
-    td_kv_cache *kv = kv_on(m, kv_dtype, (int32_t)n, attn == TD_ATTN_ON_DEVICE ? dev : NULL, &pool);
+    /* mode device: the cache in device memory; cpu-attn: the host's; hybrid:
+     * both, odd sequences on the host */
+    td_kv_cache *kv = kv_on(m, kv_dtype, (int32_t)n, attn != TD_ATTN_ON_CPU ? dev : NULL, &pool);
+    td_kv_cache *hkv = attn == TD_ATTN_HYBRID && dev ? kv_on(m, kv_dtype, (int32_t)n, NULL, NULL) : NULL;
     td_forward *fw = NULL;
     td_error err;
     if (dev)
         TD_ASSERT_OK(td_forward_create_on_device(m, dev, attn, MAX_TOKENS, 0, &fw, &err), &err);
     else
         TD_ASSERT_OK(td_forward_create(m, MAX_TOKENS, 0, &fw, &err), &err);
-    int32_t seq[16], done_prompt[16] = {0}, n_gen[16] = {0}, last[16];
+    int32_t seq[16], done_prompt[16] = {0}, n_gen[16] = {0}, last[16], who[16];
+    bool on_host[16];
     td_fwd_seq s[16] = {{0}};
-    for (uint32_t i = 0; i < n; i++)
-        TD_ASSERT_OK(td_kv_seq_new(kv, &seq[i], &err), &err);
+    for (uint32_t i = 0; i < n; i++) {
+        on_host[i] = hkv && i % 2;
+        TD_ASSERT_OK(td_kv_seq_new(on_host[i] ? hkv : kv, &seq[i], &err), &err);
+    }
     for (int32_t stepno = 0;; stepno++) {
         int32_t ns = 0;
         for (uint32_t i = 0; i < n; i++) {
@@ -249,6 +255,8 @@ static void generate_on(td_device *dev, td_attn_place attn, td_model *m, td_dtyp
             td_fwd_seq *q = &s[ns];
             *q = (td_fwd_seq){0};
             q->kv_seq = seq[i];
+            q->on_host = on_host[i];
+            who[ns] = (int32_t)i;
             if (done_prompt[i] < p->n_prompt) {
                 int32_t c = p->n_prompt - done_prompt[i];
                 if (chunk > 0 && c > chunk)
@@ -264,14 +272,17 @@ static void generate_on(td_device *dev, td_attn_place attn, td_model *m, td_dtyp
                 q->tokens = &last[i];
                 q->logits = TD_LOGITS_LAST;
             }
-            TD_ASSERT_OK(td_kv_seq_grow(kv, seq[i], q->n_tokens, &err), &err);
+            TD_ASSERT_OK(td_kv_seq_grow(on_host[i] ? hkv : kv, seq[i], q->n_tokens, &err), &err);
             ns++;
         }
         if (ns == 0)
             break;
         float *lg;
         int32_t rows;
-        TD_ASSERT_OK(td_forward_step(fw, kv, s, ns, &lg, &rows, &err), &err);
+        if (hkv)
+            TD_ASSERT_OK(td_forward_step_hybrid(fw, kv, hkv, s, ns, &lg, &rows, &err), &err);
+        else
+            TD_ASSERT_OK(td_forward_step(fw, kv, s, ns, &lg, &rows, &err), &err);
         if (stepno == 0 && first_logits)
             memcpy(first_logits, lg, (size_t)rows * O.n_vocab * sizeof *lg);
         /* map rows back to sequences: the rows come in batch order */
@@ -279,9 +290,7 @@ static void generate_on(td_device *dev, td_attn_place attn, td_model *m, td_dtyp
         for (int32_t k = 0; k < ns; k++) {
             if (s[k].logits != TD_LOGITS_LAST)
                 continue;
-            uint32_t i = 0;
-            while (seq[i] != s[k].kv_seq)
-                i++;
+            const int32_t i = who[k];
             int32_t t = argmax(lg + (int64_t)r * O.n_vocab, (int32_t)O.n_vocab);
             out[i][n_gen[i]++] = t;
             last[i] = t;
@@ -291,6 +300,7 @@ static void generate_on(td_device *dev, td_attn_place attn, td_model *m, td_dtyp
     }
     td_forward_destroy(fw);
     td_kv_destroy(kv);
+    td_kv_destroy(hkv);
     if (pool)
         td_dev_free(dev, pool);
 }
@@ -403,6 +413,7 @@ static void device_emu_equals_host(td_attn_place attn) {
 
 static void test_device_emu_equals_host(void) { device_emu_equals_host(TD_ATTN_ON_DEVICE); }
 static void test_cpu_attn_emu_equals_host(void) { device_emu_equals_host(TD_ATTN_ON_CPU); }
+static void test_hybrid_emu_equals_host(void) { device_emu_equals_host(TD_ATTN_HYBRID); }
 
 /* ---- errors ------------------------------------------------------------ */
 
@@ -475,6 +486,8 @@ void td_test_register(void) {
         {"a batch equals one at a time (also staggered, chunked)", test_batch_equals_single},
         {"mode device on the emulated device equals the host", test_device_emu_equals_host},
         {"mode cpu-attn (pipelined) on the emulated device equals the host", test_cpu_attn_emu_equals_host},
+        {"hybrid: half the sequences' KV on the device, half on the host, equals the host",
+         test_hybrid_emu_equals_host},
         {"errors", test_errors},
         {NULL, NULL},
     };
