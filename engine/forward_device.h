@@ -25,6 +25,13 @@
  * (pipeline/pipeline.h). Every op is the host path's, so on the emulated
  * device the tokens are the CPU-only path's.
  *
+ * Hybrid placement: each sequence attends where its KV lives. The step
+ * orders its sequences device-placed first; those all go to sub-batch 0,
+ * whose pre stage also appends their K/V to the device cache and runs
+ * their attention on the device, straight into the attention output; the
+ * host-placed ones are split over both sub-batches by CPU work, and only
+ * their rows cross the link. Logits rows come back in the caller's order.
+ *
  * With attention on the CPU (mode cpu-attn) the layer is cut around
  * attention: the device runs norm, QKV and RoPE ("pre"), the rows go down
  * to the host, the CPU appends K and V to the host cache and attends with
@@ -32,6 +39,13 @@
  * the O projection and the FFN ("post"), for two sub-batches in turn
  * (pipeline/pipeline.h). Every op is the host path's, so on the emulated
  * device the tokens are the CPU-only path's.
+ *
+ * Hybrid placement: each sequence attends where its KV lives. The step
+ * orders its sequences device-placed first; those all go to sub-batch 0,
+ * whose pre stage also appends their K/V to the device cache and runs
+ * their attention on the device, straight into the attention output; the
+ * host-placed ones are split over both sub-batches by CPU work, and only
+ * their rows cross the link. Logits rows come back in the caller's order.
  *
  * Internal to engine/forward.c, which owns the batch checks and the API. */
 #ifndef TD_ENGINE_FORWARD_DEVICE_H
