@@ -33,6 +33,7 @@ struct tandem_engine {
     td_device *dev; /* NULL: the CPU */
     void *kv_pool;  /* the KV pool in dev's memory */
     td_kv_cache *kv;
+    td_kv_cache *hkv; /* mode hybrid: the host's pool (kv is the device's) */
     td_forward *fw;
     char where[TD_ERROR_MSG_MAX + 64]; /* tandem_engine_device */
     FILE *trace;                       /* config.trace_path, while the engine is open */
@@ -105,6 +106,13 @@ static size_t default_kv_budget(void) {
     return quarter < DEFAULT_KV_CAP ? quarter : DEFAULT_KV_CAP;
 }
 
+static const char *mode_name(tandem_mode m) {
+    return m == TANDEM_MODE_DEVICE     ? "device"
+           : m == TANDEM_MODE_CPU_ATTN ? "cpu-attn"
+           : m == TANDEM_MODE_HYBRID   ? "hybrid"
+                                       : "auto";
+}
+
 /* The device the config asks for; on AUTO, a CUDA device or the CPU, and
  * where tandem_engine_device will say why. */
 static tandem_status open_device(tandem_engine *e) {
@@ -135,12 +143,22 @@ static tandem_status open_device(tandem_engine *e) {
             /* the plugin's messages start with "cuda: " */
             return fail(e, st, c->device == TANDEM_DEVICE_EMU ? "device emu: %s" : "device %s", de.msg);
         if (c->mode != TANDEM_MODE_AUTO)
-            return fail(e, st, "mode %s: no device (%s)", c->mode == TANDEM_MODE_DEVICE ? "device" : "cpu-attn",
-                        de.msg);
+            return fail(e, st, "mode %s: no device (%s)", mode_name(c->mode), de.msg);
         snprintf(e->where, sizeof e->where, "cpu (%s)", de.msg);
         return TANDEM_OK;
     }
     return TANDEM_OK;
+}
+
+/* A KV pool in host memory; one larger than memory is refused: the pool is
+ * zero-filled at open, so it would not fail, it would swap or be killed. */
+static tandem_status open_host_pool(tandem_engine *e, const td_kv_config *kc, td_kv_cache **out) {
+    const size_t ram = physical_memory();
+    if (ram && kc->budget_bytes > ram / 10 * 9)
+        return fail(e, TANDEM_ERR_OUT_OF_MEMORY,
+                    "config: a host KV pool of %zu MiB is more than 90%% of the %zu MiB of memory",
+                    kc->budget_bytes >> 20, ram >> 20);
+    return keep(e, td_kv_create(kc, out, &e->err));
 }
 
 static tandem_status open_parts(tandem_engine *e) {
@@ -153,12 +171,9 @@ static tandem_status open_parts(tandem_engine *e) {
         return fail(e, TANDEM_ERR_INVALID_ARGUMENT, "config: unknown device %d", (int)c->device);
     if ((unsigned)c->mode > TANDEM_MODE_HYBRID)
         return fail(e, TANDEM_ERR_INVALID_ARGUMENT, "config: unknown mode %d", (int)c->mode);
-    if (c->mode == TANDEM_MODE_HYBRID)
-        return fail(e, TANDEM_ERR_UNSUPPORTED,
-                    "config: mode hybrid is not available yet; use device, cpu-attn or auto");
     if (c->device == TANDEM_DEVICE_CPU && c->mode != TANDEM_MODE_AUTO)
         return fail(e, TANDEM_ERR_UNSUPPORTED, "config: mode %s needs a device; the CPU alone runs mode auto",
-                    c->mode == TANDEM_MODE_DEVICE ? "device" : "cpu-attn");
+                    mode_name(c->mode));
     if (c->weights == TANDEM_WEIGHTS_F32 && (c->device == TANDEM_DEVICE_CUDA || c->device == TANDEM_DEVICE_EMU))
         return fail(e, TANDEM_ERR_UNSUPPORTED, "config: f32 weights run on the CPU only (device cpu)");
     if (c->threads < 0 || c->max_batch < 0 || c->step_tokens < 0)
@@ -210,7 +225,9 @@ static tandem_status open_parts(tandem_engine *e) {
             return keep(e, st);
     } else {
         /* weights and workspace first: a device KV pool gets what they leave */
-        td_attn_place place = c->mode == TANDEM_MODE_CPU_ATTN ? TD_ATTN_ON_CPU : TD_ATTN_ON_DEVICE;
+        td_attn_place place = c->mode == TANDEM_MODE_CPU_ATTN ? TD_ATTN_ON_CPU
+                              : c->mode == TANDEM_MODE_HYBRID ? TD_ATTN_HYBRID
+                                                              : TD_ATTN_ON_DEVICE;
         if ((st = td_forward_create_on_device(e->model, e->dev, place, max_tokens, c->threads, &e->fw, err)))
             return keep(e, st);
         const size_t left = e->dev->info.mem_total - td_dev_mem_used(e->dev), room = left / 10 * 9;
@@ -222,8 +239,16 @@ static tandem_status open_parts(tandem_engine *e) {
             if ((st = td_forward_create_on_device(e->model, e->dev, place, max_tokens, c->threads, &e->fw, err)))
                 return keep(e, st);
         }
-        if (place == TD_ATTN_ON_DEVICE) {
-            if (!explicit_budget && kc.budget_bytes > room)
+        if (place == TD_ATTN_HYBRID) {
+            /* the host's pool is the budget; the device's what is asked or what is left */
+            td_kv_config hc = kc;
+            kc.budget_bytes = c->device_kv_bytes ? c->device_kv_bytes : room;
+            if ((st = open_host_pool(e, &hc, &e->hkv)))
+                return st;
+            sc.host_kv = e->hkv;
+        }
+        if (place != TD_ATTN_ON_CPU) {
+            if (!explicit_budget && place == TD_ATTN_ON_DEVICE && kc.budget_bytes > room)
                 kc.budget_bytes = room;
             if (kc.budget_bytes > left)
                 return fail(e, TANDEM_ERR_OUT_OF_MEMORY,
@@ -233,22 +258,20 @@ static tandem_status open_parts(tandem_engine *e) {
             if ((st = td_dev_alloc(e->dev, kc.budget_bytes, &e->kv_pool, err)))
                 return keep(e, st);
             kc.pool = e->kv_pool;
-        } else if (c->trace_path) {
+        }
+        if (place != TD_ATTN_ON_DEVICE && c->trace_path) {
             if (!(e->trace = fopen(c->trace_path, "w")))
                 return fail(e, TANDEM_ERR_IO, "config: cannot write the trace %s: %s", c->trace_path, strerror(errno));
             td_pipe_trace(td_forward_pipe(e->fw), e->trace);
         }
         snprintf(e->where, sizeof e->where, "%s: %s, mode %s", e->dev->info.backend, e->dev->info.name,
-                 place == TD_ATTN_ON_CPU ? "cpu-attn" : "device");
+                 place == TD_ATTN_ON_CPU   ? "cpu-attn"
+                 : place == TD_ATTN_HYBRID ? "hybrid"
+                                           : "device");
     }
-    /* a host pool is zero-filled at open: one larger than memory would not fail, it would swap or be killed */
-    const size_t ram = physical_memory();
-    if (!kc.pool && ram && kc.budget_bytes > ram / 10 * 9)
-        return fail(e, TANDEM_ERR_OUT_OF_MEMORY,
-                    "config: a host KV pool of %zu MiB is more than 90%% of the %zu MiB "
-                    "of memory",
-                    kc.budget_bytes >> 20, ram >> 20);
-    if ((st = td_kv_create(&kc, &e->kv, err)) || (st = td_sched_create(e->fw, e->kv, &sc, &e->sched, err)))
+    if (!kc.pool && (st = open_host_pool(e, &kc, &e->kv)))
+        return st;
+    if ((kc.pool && (st = td_kv_create(&kc, &e->kv, err))) || (st = td_sched_create(e->fw, e->kv, &sc, &e->sched, err)))
         return keep(e, st);
     return TANDEM_OK;
 }
@@ -296,6 +319,7 @@ void tandem_engine_close(tandem_engine *e) {
     }
     td_forward_destroy(e->fw);
     td_kv_destroy(e->kv);
+    td_kv_destroy(e->hkv);
     if (e->dev) {
         td_dev_free(e->dev, e->kv_pool);
         td_device_close(e->dev);
@@ -576,8 +600,11 @@ tandem_status tandem_engine_stats(tandem_engine *e, tandem_stats *out) {
     o->steps = (uint64_t)s->steps;
     o->run_seconds = s->seconds;
     o->forward_seconds = s->forward_seconds;
-    o->kv_bytes_total = (size_t)td_kv_n_blocks(e->kv) * block;
-    o->kv_bytes_used = (size_t)(td_kv_n_blocks(e->kv) - td_kv_free_blocks(e->kv)) * block;
+    /* with two pools (hybrid), both: they share the block layout */
+    const int32_t blocks = td_kv_n_blocks(e->kv) + (e->hkv ? td_kv_n_blocks(e->hkv) : 0),
+                  free_blocks = td_kv_free_blocks(e->kv) + (e->hkv ? td_kv_free_blocks(e->hkv) : 0);
+    o->kv_bytes_total = (size_t)blocks * block;
+    o->kv_bytes_used = (size_t)(blocks - free_blocks) * block;
     o->kv_bytes_peak = (size_t)s->peak_kv_blocks * block;
     o->running = (uint32_t)td_sched_running(e->sched);
     o->queued = (uint32_t)td_sched_queued(e->sched);

@@ -67,6 +67,7 @@ typedef struct td_gen_seq {
     td_error error; /* when finish == TD_FINISH_ERROR */
     /* the scheduler's bookkeeping (engine/scheduler.h) */
     int32_t kv_seq;   /* -1 when none */
+    bool kv_on_host;  /* with two pools (mode hybrid): kv_seq is in the host's */
     int32_t n_cached; /* tokens of ids in the KV cache */
 } td_gen_seq;
 

@@ -8,7 +8,8 @@
 
 struct td_sched {
     td_forward *fw;
-    td_kv_cache *kv;
+    td_kv_cache *kv;  /* the pool (with two, the device's) */
+    td_kv_cache *hkv; /* mode hybrid: the host's pool; NULL with one */
     td_sched_config c;
     int32_t n_ctx, block_tokens;
     /* waiting requests: a ring, oldest at head; preempted ones go back in
@@ -41,9 +42,14 @@ tandem_status td_sched_create(td_forward *fw, td_kv_cache *kv, const td_sched_co
         return td_fail(err, TANDEM_ERR_OUT_OF_MEMORY, "scheduler: out of memory");
     s->fw = fw;
     s->kv = kv;
+    s->hkv = c->host_kv;
     s->c = *c;
     s->n_ctx = td_forward_model(fw)->cfg.n_ctx;
     s->block_tokens = td_kv_get_layout(kv)->block_tokens;
+    if (s->hkv && td_kv_get_layout(s->hkv)->block_tokens != s->block_tokens) {
+        td_sched_destroy(s);
+        return td_fail(err, TANDEM_ERR_INVALID_ARGUMENT, "scheduler: the two pools have different block sizes");
+    }
     s->run = malloc((size_t)c->max_batch * sizeof *s->run);
     s->batch = malloc((size_t)c->max_batch * sizeof *s->batch);
     s->chunk = malloc((size_t)c->max_batch * sizeof *s->chunk);
@@ -55,10 +61,14 @@ tandem_status td_sched_create(td_forward *fw, td_kv_cache *kv, const td_sched_co
     return TANDEM_OK;
 }
 
+/* The pool a request's KV is in. */
+static td_kv_cache *pool_of(const td_sched *s, const td_gen_seq *q) { return q->kv_on_host ? s->hkv : s->kv; }
+
 static void release_kv(td_sched *s, td_gen_seq *q) {
     if (q->kv_seq >= 0)
-        td_kv_seq_free(s->kv, q->kv_seq, NULL);
+        td_kv_seq_free(pool_of(s, q), q->kv_seq, NULL);
     q->kv_seq = -1;
+    q->kv_on_host = false;
     q->n_cached = 0;
 }
 
@@ -211,10 +221,12 @@ static void finish_cb(td_sched *s, td_gen_seq *q, const td_sched_callbacks *cb) 
 
 /* Blocks the running requests will still take to finish their prompts (and
  * hold their first generated token): promised at admission. */
-static int32_t committed(const td_sched *s) {
+static int32_t committed(const td_sched *s, bool host) {
     int32_t c = 0;
     for (int32_t i = 0; i < s->n_run; i++) {
         const td_gen_seq *q = s->run[i];
+        if (q->kv_on_host != host)
+            continue;
         int32_t more = blocks_for(s, (int64_t)q->n_ids + 1) - blocks_for(s, q->n_cached);
         c += more > 0 ? more : 0;
     }
@@ -225,7 +237,9 @@ static int32_t committed(const td_sched *s) {
  * pool has free blocks, beyond those promised to the running ones, for the
  * whole of the newcomer's tokens. A request that can never run fails here. */
 static void admit(td_sched *s, const td_sched_callbacks *cb) {
-    const int32_t pool = td_kv_n_blocks(s->kv);
+    int32_t pool = td_kv_n_blocks(s->kv);
+    if (s->hkv && td_kv_n_blocks(s->hkv) > pool)
+        pool = td_kv_n_blocks(s->hkv);
     while (s->q_len > 0 && s->n_run < s->c.max_batch) {
         td_gen_seq *q = queue_at(s, 0);
         td_error e;
@@ -245,14 +259,21 @@ static void admit(td_sched *s, const td_sched_callbacks *cb) {
             finish_cb(s, q, cb);
             continue;
         }
-        if (need > td_kv_free_blocks(s->kv) - committed(s) || td_kv_seq_new(s->kv, &q->kv_seq, &e) != TANDEM_OK) {
+        /* the first pool when the prompt fits there, else the host's */
+        q->kv_on_host = false;
+        if (need > td_kv_free_blocks(s->kv) - committed(s, false) && s->hkv &&
+            need <= td_kv_free_blocks(s->hkv) - committed(s, true))
+            q->kv_on_host = true;
+        if (need > td_kv_free_blocks(pool_of(s, q)) - committed(s, q->kv_on_host) ||
+            td_kv_seq_new(pool_of(s, q), &q->kv_seq, &e) != TANDEM_OK) {
             q->kv_seq = -1;
+            q->kv_on_host = false;
             if (s->n_run > 0)
                 break; /* wait for room, in order */
             /* nothing runs and it still does not start: it never will */
             queue_pop(s);
             td_fail(&e, TANDEM_ERR_KV_FULL, "the request cannot get KV space (%d tokens, %d of %d blocks free)",
-                    q->n_ids, td_kv_free_blocks(s->kv), pool);
+                    q->n_ids, td_kv_free_blocks(s->kv) + (s->hkv ? td_kv_free_blocks(s->hkv) : 0), pool);
             td_gen_seq_fail(q, &e);
             finish_cb(s, q, cb);
             continue;
@@ -263,17 +284,19 @@ static void admit(td_sched *s, const td_sched_callbacks *cb) {
     }
 }
 
-/* Frees the newest running request's blocks and puts it back in front of
- * the queue, to be recomputed. */
-static bool preempt_newest(td_sched *s) {
-    td_gen_seq *q = s->run[s->n_run - 1];
+/* Frees running request i's blocks and puts it back in front of the
+ * queue, to be recomputed. */
+static bool preempt(td_sched *s, int32_t i) {
+    td_gen_seq *q = s->run[i];
     if (!queue_push_front(s, q))
         return false;
     release_kv(s, q);
-    s->n_run--;
+    run_remove(s, i);
     s->stats.preemptions++;
     return true;
 }
+
+static bool preempt_newest(td_sched *s) { return preempt(s, s->n_run - 1); }
 
 /* Decides each running sequence's tokens this step (s->chunk): one token
  * for each sequence past its prompt, then prompt chunks in admission order,
@@ -287,20 +310,27 @@ static bool preempt_newest(td_sched *s) {
  * before and so do the tokens that follow. */
 static tandem_status plan(td_sched *s, const td_sched_callbacks *cb, td_error *err) {
     for (;;) {
-        int32_t budget = s->c.step_tokens, need = 0;
+        int32_t budget = s->c.step_tokens, need[2] = {0, 0}; /* [pool]: 0 the first, 1 the host's */
         for (int32_t i = 0; i < s->n_run; i++) {
             td_gen_seq *q = s->run[i];
             s->chunk[i] = 0;
             if (q->n_cached >= q->n_prompt && q->n_cached < q->n_ids && budget > 0) {
                 s->chunk[i] = 1;
                 budget--;
-                need += extra_blocks(s, q->n_cached, 1);
+                need[q->kv_on_host] += extra_blocks(s, q->n_cached, 1);
             }
         }
-        int32_t free_blocks = td_kv_free_blocks(s->kv);
-        if (need > free_blocks) {
-            if (s->n_run == 1) {
-                /* alone and still too long for the whole pool */
+        int32_t free_blocks[2] = {td_kv_free_blocks(s->kv), s->hkv ? td_kv_free_blocks(s->hkv) : 0};
+        const int short_pool = need[0] > free_blocks[0] ? 0 : need[1] > free_blocks[1] ? 1 : -1;
+        if (short_pool >= 0) {
+            /* the newest sequence of the pool that ran out makes room */
+            int32_t victim = s->n_run - 1;
+            while (victim > 0 && s->run[victim]->kv_on_host != (short_pool == 1))
+                victim--;
+            if (s->n_run == 1 && !(s->hkv && !s->run[0]->kv_on_host)) {
+                /* alone and still too long for the whole pool (a sequence
+                 * of the first of two pools is preempted instead: it comes
+                 * back in the host's) */
                 td_gen_seq *q = s->run[0];
                 td_error e;
                 td_fail(&e, TANDEM_ERR_KV_FULL, "the sequence reached %d tokens; the KV cache holds no more",
@@ -311,11 +341,11 @@ static tandem_status plan(td_sched *s, const td_sched_callbacks *cb, td_error *e
                 finish_cb(s, q, cb);
                 return TANDEM_OK;
             }
-            if (!preempt_newest(s))
+            if (!preempt(s, victim))
                 return td_fail(err, TANDEM_ERR_OUT_OF_MEMORY, "scheduler: out of memory for the queue");
             continue;
         }
-        int32_t avail = free_blocks - need;
+        int32_t avail[2] = {free_blocks[0] - need[0], free_blocks[1] - need[1]};
         for (int32_t i = 0; i < s->n_run && budget > 0; i++) {
             td_gen_seq *q = s->run[i];
             int32_t feed = q->n_prompt - q->n_cached;
@@ -323,14 +353,14 @@ static tandem_status plan(td_sched *s, const td_sched_callbacks *cb, td_error *e
                 continue;
             int32_t c = feed < budget ? feed : budget;
             /* as many tokens as the blocks it holds plus those still free take */
-            int32_t room = (blocks_for(s, q->n_cached) + avail) * s->block_tokens - q->n_cached;
+            int32_t room = (blocks_for(s, q->n_cached) + avail[q->kv_on_host]) * s->block_tokens - q->n_cached;
             if (c > room)
                 c = room;
             if (c < 1)
                 continue;
             s->chunk[i] = c;
             budget -= c;
-            avail -= extra_blocks(s, q->n_cached, c);
+            avail[q->kv_on_host] -= extra_blocks(s, q->n_cached, c);
         }
         return TANDEM_OK;
     }
@@ -359,9 +389,10 @@ tandem_status td_sched_step(td_sched *s, const td_sched_callbacks *cb, bool *bus
         if (!s->chunk[i])
             continue;
         /* plan counted the blocks: this growth cannot fail */
-        if ((st = td_kv_seq_grow(s->kv, q->kv_seq, s->chunk[i], err)))
+        if ((st = td_kv_seq_grow(pool_of(s, q), q->kv_seq, s->chunk[i], err)))
             return st;
         s->batch[nb++] = (td_fwd_seq){.kv_seq = q->kv_seq,
+                                      .on_host = q->kv_on_host,
                                       .pos = q->n_cached,
                                       .n_tokens = s->chunk[i],
                                       .tokens = q->ids + q->n_cached,
@@ -379,7 +410,8 @@ tandem_status td_sched_step(td_sched *s, const td_sched_callbacks *cb, bool *bus
         s->stats.seconds += td_seconds() - t0;
         return TANDEM_OK;
     }
-    int32_t used = td_kv_n_blocks(s->kv) - td_kv_free_blocks(s->kv);
+    int32_t used = td_kv_n_blocks(s->kv) - td_kv_free_blocks(s->kv) +
+                   (s->hkv ? td_kv_n_blocks(s->hkv) - td_kv_free_blocks(s->hkv) : 0);
     if (used > s->stats.peak_kv_blocks)
         s->stats.peak_kv_blocks = used;
     if (nb > s->stats.max_running)
@@ -388,7 +420,8 @@ tandem_status td_sched_step(td_sched *s, const td_sched_callbacks *cb, bool *bus
     float *logits;
     int32_t rows;
     double tf = td_seconds();
-    st = td_forward_step(s->fw, s->kv, s->batch, nb, &logits, &rows, err);
+    st = s->hkv ? td_forward_step_hybrid(s->fw, s->kv, s->hkv, s->batch, nb, &logits, &rows, err)
+                : td_forward_step(s->fw, s->kv, s->batch, nb, &logits, &rows, err);
     s->stats.forward_seconds += td_seconds() - tf;
     if (st)
         return st;

@@ -43,6 +43,12 @@
 typedef struct td_sched_config {
     int32_t max_batch;   /* running sequences at most; >= 1 */
     int32_t step_tokens; /* tokens per step (decodes + prompt chunks); 1..the forward's max_tokens */
+    /* Mode hybrid: a second pool, in host memory (the first is the
+     * device's). A request is admitted to the first pool when its prompt
+     * fits there, else to this one, and stays in its pool; a pool that runs
+     * out preempts its own newest sequence. The forward pass must be
+     * TD_ATTN_HYBRID. NULL: one pool. */
+    td_kv_cache *host_kv;
 } td_sched_config;
 
 /* Called for each sampled token (text: the bytes it added to seq->text, maybe

@@ -100,9 +100,11 @@ typedef enum tandem_device {
 /* Where attention runs: all on the device (DEVICE: weights, activations and
  * the KV cache in device memory), all on the CPU next to a host KV cache
  * while the device runs the linear layers, two sub-batches overlapped
- * (CPU_ATTN), or split by a plan (HYBRID: not available yet,
- * TANDEM_ERR_UNSUPPORTED). AUTO: DEVICE when the KV budget fits the
- * device's memory, else CPU_ATTN. With the CPU alone only AUTO applies. */
+ * (CPU_ATTN), or each sequence where its KV is (HYBRID: a device pool and
+ * a host pool; a request goes to the device's when its prompt fits there,
+ * else to the host's, and stays there until preempted). AUTO: DEVICE when
+ * the KV budget fits the device's memory, else CPU_ATTN. With the CPU
+ * alone only AUTO applies. */
 typedef enum tandem_mode {
     TANDEM_MODE_AUTO = 0,
     TANDEM_MODE_DEVICE = 1,
@@ -124,6 +126,8 @@ typedef struct tandem_config {
     const char *chat_template; /* NULL: the model's (tokenizer.chat_template); or "chatml", "llama3",
                                 * "llama2", "mistral", "mistral-v0.1" */
     const char *trace_path;    /* pipelined modes: a Chrome trace-event JSON of every step (Perfetto) */
+    size_t device_kv_bytes;    /* mode hybrid: the device's KV pool (kv_budget_bytes is the host's);
+                                * 0: 90% of the device memory the weights and workspace leave */
     /* Device EMU only. emu_gpu: NULL runs every op (compute mode); a GPU
      * preset ("T4", "A10G", "A100-SXM", "H100-PCIe", "H100-SXM") makes the
      * device take that GPU's time per op and compute nothing (timed mode:

@@ -54,7 +54,10 @@ static void usage_generate(FILE *f) {
         "                       (the emulated device: the device code path on host threads)\n"
         "  --mode M             auto (default: device when the KV budget fits the device, else cpu-attn),\n"
         "                       device (everything on the device), cpu-attn (attention on the CPU next to a\n"
-        "                       host KV cache, overlapped with the device's linear layers); hybrid: not yet\n"
+        "                       host KV cache, overlapped with the device's linear layers), hybrid (a device\n"
+        "                       KV pool and a host one: each request attends where its KV is)\n"
+        "  --device-kv SIZE     hybrid: the device's KV pool (--kv-budget is the host's; default: 90%% of\n"
+        "                       what the weights leave)\n"
         "  --trace FILE         pipelined modes: a Chrome trace-event JSON of every step (open in Perfetto)\n"
         "  --emu-gpu NAME       with --device emu: take the time of a T4, A10G, A100-SXM, H100-PCIe or\n"
         "                       H100-SXM per op instead of computing (timings only: outputs are meaningless)\n"
@@ -290,6 +293,7 @@ enum {
     OPT_TRACE,
     OPT_EMU_GPU,
     OPT_EMU_LINK,
+    OPT_DEVICE_KV,
 };
 
 /* The index of s in names[n], or -1. */
@@ -348,6 +352,7 @@ static int cmd_generate(int argc, char **argv) {
         {"trace", required_argument, 0, OPT_TRACE},
         {"emu-gpu", required_argument, 0, OPT_EMU_GPU},
         {"emu-link", required_argument, 0, OPT_EMU_LINK},
+        {"device-kv", required_argument, 0, OPT_DEVICE_KV},
         {0, 0, 0, 0},
     };
     tandem_config cfg;
@@ -392,6 +397,7 @@ static int cmd_generate(int argc, char **argv) {
         case OPT_TRACE: cfg.trace_path = optarg; break;
         case OPT_EMU_GPU: cfg.emu_gpu = optarg; break;
         case OPT_EMU_LINK: cfg.emu_link = optarg; break;
+        case OPT_DEVICE_KV: ok = parse_size(optarg, &cfg.device_kv_bytes); break;
         case OPT_HELP: usage_generate(stdout); return 0;
         default:
             fprintf(stderr, "tandem generate: unknown or incomplete option '%s' (see tandem generate --help)\n",

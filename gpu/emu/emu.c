@@ -609,8 +609,11 @@ static void run_op(td_stream *s, const op *o) {
     switch (o->kind) {
     case OP_RECORD: {
         /* the event passes when the stream's booked work ends (timed) or now */
+        /* timed: when the booked work ends (never before the record was
+         * enqueued); compute: the work before it ran for real, so now */
+        const double after = d->mode == TD_EMU_TIMED ? o->t_enq : td_seconds();
         pthread_mutex_lock(&d->lock);
-        double when = s->cursor > o->t_enq ? s->cursor : o->t_enq;
+        double when = s->cursor > after ? s->cursor : after;
         pthread_mutex_unlock(&d->lock);
         sleep_until(when);
         pthread_mutex_lock(&d->lock);

@@ -206,6 +206,18 @@ class Cli(unittest.TestCase):
         self.assertEqual({e["args"]["sub_batch"] for e in slices}, {0, 1})
         self.assertTrue(all(e["dur"] >= 0 and e["ts"] >= 0 for e in slices))
 
+    def test_hybrid_equals_cpu(self):
+        # two KV pools: a device pool of 2 MB (5 blocks) holds a few requests, the rest go to the host
+        # pool and attend on the CPU; the device pool runs out and preempts; the same tokens
+        inp = write_lines("hy.jsonl", jsonl(PROMPTS))
+        p = run(["--input", inp, "--output", path("hy.out"), "--max-tokens", "24", "--device", "emu",
+                 "--mode", "hybrid", "--device-kv", "2M"])
+        self.assertIn("mode hybrid", p.stderr)
+        self.assertIn("pipeline:", p.stderr)
+        out = by_id(records("hy.out"))
+        for i, r in self.reference.items():
+            self.assertEqual(out[i]["completion"], r["completion"], i)
+
     def test_emu_timed(self):
         # timed mode: the device takes an H100's time and computes nothing; the job runs to the end
         inp = write_lines("timed.jsonl", jsonl(PROMPTS[:4]))
@@ -232,9 +244,9 @@ class Cli(unittest.TestCase):
         if p.returncode != 0:  # no GPU here: one clear line, the job does not run
             self.assertEqual(p.returncode, 2)
             self.assertIn("device cuda", p.stderr)
-        p = run(["--input", inp, "--output", path("h.out"), "--mode", "hybrid", "--device", "emu"], check=False)
+        p = run(["--input", inp, "--output", path("h.out"), "--mode", "hybrid", "--device", "cpu"], check=False)
         self.assertEqual(p.returncode, 2)
-        self.assertIn("hybrid", p.stderr)
+        self.assertIn("hybrid needs a device", p.stderr)
         p = run(["--input", inp, "--output", path("c.out"), "--mode", "device", "--device", "cpu"], check=False)
         self.assertEqual(p.returncode, 2)
         self.assertIn("needs a device", p.stderr)
