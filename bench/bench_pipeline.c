@@ -7,9 +7,10 @@
  *
  * For each config, B sequences whose caches hold L tokens decode --steps
  * tokens each, one step of B tokens at a time, in mode device (KV and
- * attention on the device) and mode cpu-attn (KV in host memory, attention
+ * attention on the device), mode cpu-attn (KV in host memory, attention
  * on the CPU, two sub-batches overlapped with the device's linear layers
- * and the copies). The cached K/V are zeros (the cost of attention does
+ * and the copies) and mode hybrid with half the sequences in each pool
+ * (the device-placed ones attend in sub-batch 0's device work). The cached K/V are zeros (the cost of attention does
  * not depend on the values) and the device computes nothing (timed mode):
  * this measures time, not tokens.
  *
@@ -113,7 +114,10 @@ static result run_mode(const options *o, const td_model *m, td_device *dev, td_a
         ((size_t)(L + o->steps + 16) / 16 + 1) * 16 * (size_t)c->n_layers * c->n_kv_heads * c->head_dim * 2 * 2;
     kc.budget_bytes = per_seq * (size_t)B;
     void *pool = NULL;
-    if (place == TD_ATTN_ON_DEVICE) {
+    td_kv_cache *hkv = NULL; /* hybrid: the odd sequences' pool */
+    if (place == TD_ATTN_HYBRID && td_kv_create(&kc, &hkv, &err))
+        die("host KV cache", &err);
+    if (place != TD_ATTN_ON_CPU) {
         if (td_dev_alloc(dev, kc.budget_bytes, &pool, &err))
             die("device KV pool", &err);
         kc.pool = pool;
@@ -124,11 +128,16 @@ static result run_mode(const options *o, const td_model *m, td_device *dev, td_a
     int32_t *tok = calloc((size_t)B, sizeof *tok);
     td_fwd_seq *seqs = calloc((size_t)B, sizeof *seqs);
     for (int i = 0; i < B; i++) {
-        if (td_kv_seq_new(kv, &seqs[i].kv_seq, &err) || td_kv_seq_grow(kv, seqs[i].kv_seq, L - 1, &err))
+        td_kv_cache *pool_i = hkv && i % 2 ? hkv : kv;
+        if (td_kv_seq_new(pool_i, &seqs[i].kv_seq, &err) || td_kv_seq_grow(pool_i, seqs[i].kv_seq, L - 1, &err))
             die("sequence", &err);
         tok[i] = 1 + i;
-        seqs[i] = (td_fwd_seq){
-            .kv_seq = seqs[i].kv_seq, .pos = L - 1, .n_tokens = 1, .tokens = &tok[i], .logits = TD_LOGITS_LAST};
+        seqs[i] = (td_fwd_seq){.kv_seq = seqs[i].kv_seq,
+                               .pos = L - 1,
+                               .n_tokens = 1,
+                               .tokens = &tok[i],
+                               .logits = TD_LOGITS_LAST,
+                               .on_host = hkv && i % 2};
     }
     td_pipe *p = td_forward_pipe(fw);
     result r = {0};
@@ -142,11 +151,12 @@ static result run_mode(const options *o, const td_model *m, td_device *dev, td_a
             }
         }
         for (int i = 0; i < B; i++)
-            if (td_kv_seq_grow(kv, seqs[i].kv_seq, 1, &err))
+            if (td_kv_seq_grow(seqs[i].on_host ? hkv : kv, seqs[i].kv_seq, 1, &err))
                 die("grow", &err);
         float *logits;
         int32_t rows;
-        if (td_forward_step(fw, kv, seqs, B, &logits, &rows, &err))
+        if (hkv ? td_forward_step_hybrid(fw, kv, hkv, seqs, B, &logits, &rows, &err)
+                : td_forward_step(fw, kv, seqs, B, &logits, &rows, &err))
             die("step", &err);
         for (int i = 0; i < B; i++)
             seqs[i].pos++;
@@ -166,6 +176,7 @@ static result run_mode(const options *o, const td_model *m, td_device *dev, td_a
     free(tok);
     free(seqs);
     td_kv_destroy(kv);
+    td_kv_destroy(hkv);
     td_dev_free(dev, pool);
     td_forward_destroy(fw);
     return r;
@@ -213,10 +224,10 @@ int main(int argc, char **argv) {
             printf("(ctx %d: %d, so that %d steps fit the model's context of %d)\n", o.ctx[k], L, o.steps,
                    m->cfg.n_ctx);
         }
-        for (int place = TD_ATTN_ON_DEVICE; place <= TD_ATTN_ON_CPU; place++) {
+        for (int place = TD_ATTN_ON_DEVICE; place <= TD_ATTN_HYBRID; place++) {
             result r =
                 run_mode(&o, m, dev, (td_attn_place)place, B, L, place == TD_ATTN_ON_CPU && k == 0 ? trace : NULL);
-            const char *name = place == TD_ATTN_ON_CPU ? "cpu-attn" : "device";
+            const char *name = place == TD_ATTN_ON_CPU ? "cpu-attn" : place == TD_ATTN_HYBRID ? "hybrid" : "device";
             printf("%6d %6d  %-8s %9.0f %9.2f", B, L, name, B / r.step_s, r.step_s * 1e3);
             double busiest = 0, step = r.ps.step > 0 ? r.ps.step : 1;
             if (r.ps.steps > 0) {
