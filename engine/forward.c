@@ -22,16 +22,14 @@ struct td_forward {
     td_attn *attn;
     td_gemm *gemm;
     /* workspace, [max_tokens] rows each */
-    float *x;          /* residual stream [n_embd] */
-    void *h;           /* GEMM input [max(n_embd, q_dim, n_ff)] of act */
-    float *qkv;        /* [q_dim + 2 kv_dim] */
-    float *gu;         /* [min(max_tokens, TD_FFN_ROWS)][2 n_ff] */
-    float *cs;         /* RoPE rotation [2 rope_dim] (td_rope_angles) */
-    td_attn_seq *ents; /* attention entries of the decode tokens */
-    td_attn_run *runs; /* and the runs of the prefill chunks */
-    int32_t n_ents, n_runs;
+    float *x;           /* residual stream [n_embd] */
+    void *h;            /* GEMM input [max(n_embd, q_dim, n_ff)] of act */
+    float *qkv;         /* [q_dim + 2 kv_dim] */
+    float *gu;          /* [min(max_tokens, TD_FFN_ROWS)][2 n_ff] */
+    float *cs;          /* RoPE rotation [2 rope_dim] (td_rope_angles) */
+    td_attn_seq *ents;  /* attention entries of the decode tokens */
+    td_attn_run *runs;  /* and the runs of the prefill chunks */
     int32_t *tokens;    /* the step's tokens, flattened */
-    int32_t *tok_seq;   /* each token's entry in the batch */
     int32_t *seq_first; /* each batch entry's first token */
     int32_t *rows;      /* token index of each logits row */
     float *logits;      /* [logits_cap][n_vocab] */
@@ -63,10 +61,9 @@ static tandem_status create(const td_model *m, int32_t max_tokens, int n_threads
     f->act = m->weights == TD_WEIGHTS_BF16 ? TD_DTYPE_BF16 : TD_DTYPE_F32;
     const size_t T = (size_t)max_tokens;
     f->tokens = malloc(T * sizeof *f->tokens);
-    f->tok_seq = malloc(T * sizeof *f->tok_seq);
     f->seq_first = malloc(T * sizeof *f->seq_first);
     f->rows = malloc(T * sizeof *f->rows);
-    if (!f->tokens || !f->tok_seq || !f->seq_first || !f->rows) {
+    if (!f->tokens || !f->seq_first || !f->rows) {
         td_forward_destroy(f);
         return td_fail(err, TANDEM_ERR_OUT_OF_MEMORY, "forward: out of memory for a %d-token step", max_tokens);
     }
@@ -130,7 +127,6 @@ void td_forward_destroy(td_forward *f) {
     free(f->ents);
     free(f->runs);
     free(f->tokens);
-    free(f->tok_seq);
     free(f->seq_first);
     free(f->rows);
     if (f->dev)
@@ -210,37 +206,90 @@ static tandem_status check_batch(const td_forward *f, const td_kv_cache *dkv, co
 /* Lays out the step: flat tokens, RoPE angles, attention work (a decode
  * entry for a sequence's single token, a causal run for a prompt chunk),
  * logits rows. Attention writes straight into the O projection's input. */
-static void plan(td_forward *f, const td_kv_cache *kv, const td_fwd_seq *seqs, int32_t n_seqs) {
+static void plan(td_forward *f, const td_fwd_seq *seqs, int32_t n_seqs) {
     const td_llama_config *c = &f->m->cfg;
-    const int64_t W = (int64_t)(c->n_heads + 2 * c->n_kv_heads) * c->head_dim;
-    const int64_t Q = (int64_t)c->n_heads * c->head_dim;
-    const size_t esz = td_dtype_size(f->act);
     int32_t t = 0, r = 0;
-    f->n_ents = f->n_runs = 0;
     for (int32_t i = 0; i < n_seqs; i++) {
         const td_fwd_seq *s = &seqs[i];
-        const int32_t *blocks = td_kv_seq_blocks(kv, s->kv_seq);
-        void *out = (char *)f->h + (size_t)t * (size_t)Q * esz;
         f->seq_first[i] = t;
-        if (s->n_tokens == 1 && !s->prompt)
-            f->ents[f->n_ents++] =
-                (td_attn_seq){.q = f->qkv + t * W, .blocks = blocks, .n_tokens = s->pos + 1, .out = out};
-        else
-            f->runs[f->n_runs++] = (td_attn_run){.q = f->qkv + t * W,
-                                                 .q_stride = W,
-                                                 .blocks = blocks,
-                                                 .pos = s->pos,
-                                                 .n = s->n_tokens,
-                                                 .out = out,
-                                                 .out_stride = Q};
         for (int32_t j = 0; j < s->n_tokens; j++, t++) {
             f->tokens[t] = s->tokens[j];
-            f->tok_seq[t] = i;
             td_rope_angles((double)(s->pos + j), f->m->inv_freq, c->rope_dim, f->cs + (int64_t)t * 2 * c->rope_dim);
             if (s->logits == TD_LOGITS_ALL || (s->logits == TD_LOGITS_LAST && j == s->n_tokens - 1))
                 f->rows[r++] = t;
         }
     }
+}
+
+/* The sequence whose rows hold row t: the last i with first[i] <= t. */
+static int32_t seq_of_row(const int32_t *first, int32_t n, int32_t t) {
+    int32_t lo = 0, hi = n - 1;
+    while (lo < hi) {
+        int32_t mid = lo + (hi - lo + 1) / 2;
+        if (first[mid] <= t)
+            lo = mid;
+        else
+            hi = mid - 1;
+    }
+    return lo;
+}
+
+tandem_status td_fwd_attend_host(td_attn *a, td_kv_cache *kv, const td_llama_config *c, int32_t layer,
+                                 const td_fwd_seq *seqs, int32_t n, const int32_t *first, const float *qkv, void *out,
+                                 td_dtype out_dtype, td_attn_seq *ents, td_attn_run *runs, td_error *err) {
+    const int64_t Q = (int64_t)c->n_heads * c->head_dim, KV = (int64_t)c->n_kv_heads * c->head_dim, W = Q + 2 * KV;
+    const size_t esz = td_dtype_size(out_dtype);
+    const int32_t t0 = first[0], t1 = first[n - 1] + seqs[n - 1].n_tokens;
+    /* K and V into the cache: a token's K and V rows are adjacent in qkv, one
+     * write per token, the tokens split across the team (they write distinct
+     * cache elements: cpu/kv_cache.h). The caller checked every row, so the
+     * writes succeed. */
+#pragma omp parallel for schedule(static) if (t1 - t0 >= 8)
+    for (int32_t t = t0; t < t1; t++) {
+        const int32_t i = seq_of_row(first, n, t);
+        const float *row = qkv + (int64_t)t * W;
+        (void)td_kv_write(kv, seqs[i].kv_seq, layer, seqs[i].pos + (t - first[i]), 1, row + Q, row + Q + KV,
+                          TD_DTYPE_F32, NULL);
+    }
+    /* then every token attends over its sequence: single tokens through the
+     * decode kernel, prompt chunks through the prefill kernel */
+    int32_t n_ents = 0, n_runs = 0;
+    for (int32_t i = 0; i < n; i++) {
+        const td_fwd_seq *s = &seqs[i];
+        const int32_t *blocks = td_kv_seq_blocks(kv, s->kv_seq);
+        const float *q = qkv + (int64_t)first[i] * W;
+        void *o = (char *)out + (size_t)first[i] * (size_t)Q * esz;
+        if (s->n_tokens == 1 && !s->prompt)
+            ents[n_ents++] = (td_attn_seq){.q = q, .blocks = blocks, .n_tokens = s->pos + 1, .out = o};
+        else
+            runs[n_runs++] = (td_attn_run){
+                .q = q, .q_stride = W, .blocks = blocks, .pos = s->pos, .n = s->n_tokens, .out = o, .out_stride = Q};
+    }
+    const float scale = (float)(1.0 / sqrt((double)c->head_dim));
+    tandem_status st;
+    if (n_ents) {
+        td_attn_batch b = {.kv = kv,
+                           .layer = layer,
+                           .n_q_heads = c->n_heads,
+                           .scale = scale,
+                           .out_dtype = out_dtype,
+                           .seqs = ents,
+                           .n_seqs = n_ents};
+        if ((st = td_attn_decode(a, &b, err)))
+            return st;
+    }
+    if (n_runs) {
+        td_attn_prefill_batch b = {.kv = kv,
+                                   .layer = layer,
+                                   .n_q_heads = c->n_heads,
+                                   .scale = scale,
+                                   .out_dtype = out_dtype,
+                                   .runs = runs,
+                                   .n_runs = n_runs};
+        if ((st = td_attn_prefill(a, &b, err)))
+            return st;
+    }
+    return TANDEM_OK;
 }
 
 /* Seconds since *t; moves *t to now. */
@@ -250,7 +299,7 @@ static inline double lap(double *t) {
     return d;
 }
 
-static tandem_status layer(td_forward *f, td_kv_cache *kv, int32_t l, const td_fwd_seq *seqs, int32_t T,
+static tandem_status layer(td_forward *f, td_kv_cache *kv, int32_t l, const td_fwd_seq *seqs, int32_t n_seqs, int32_t T,
                            td_error *err) {
     const td_model *m = f->m;
     const td_llama_config *c = &m->cfg;
@@ -275,34 +324,8 @@ static tandem_status layer(td_forward *f, td_kv_cache *kv, int32_t l, const td_f
     }
     s->other += lap(&t);
 
-    /* K and V into the cache, then every token attends over its sequence.
-     * A token's K and V rows are adjacent in qkv: one write per token, the
-     * tokens split across the team (they write distinct cache elements:
-     * cpu/kv_cache.h). check_batch validated every row, so writes succeed. */
-#pragma omp parallel for schedule(static) if (T >= 8)
-    for (int32_t i = 0; i < T; i++) {
-        const float *row = f->qkv + i * W;
-        const td_fwd_seq *q = &seqs[f->tok_seq[i]];
-        (void)td_kv_write(kv, q->kv_seq, l, q->pos + (i - f->seq_first[f->tok_seq[i]]), 1, row + Q, row + Q + KV,
-                          TD_DTYPE_F32, NULL);
-    }
-    const float scale = (float)(1.0 / sqrt((double)D));
-    td_attn_batch b = {.kv = kv,
-                       .layer = l,
-                       .n_q_heads = c->n_heads,
-                       .scale = scale,
-                       .out_dtype = f->act,
-                       .seqs = f->ents,
-                       .n_seqs = f->n_ents};
-    td_attn_prefill_batch pb = {.kv = kv,
-                                .layer = l,
-                                .n_q_heads = c->n_heads,
-                                .scale = scale,
-                                .out_dtype = f->act,
-                                .runs = f->runs,
-                                .n_runs = f->n_runs};
-    if ((f->n_ents && (st = td_attn_decode(f->attn, &b, err))) ||
-        (f->n_runs && (st = td_attn_prefill(f->attn, &pb, err))))
+    if ((st = td_fwd_attend_host(f->attn, kv, c, l, seqs, n_seqs, f->seq_first, f->qkv, f->h, f->act, f->ents, f->runs,
+                                 err)))
         return st;
     s->attention += lap(&t);
 
@@ -368,12 +391,12 @@ static tandem_status step(td_forward *f, td_kv_cache *dkv, td_kv_cache *hkv, con
         *n_rows = R;
         return TANDEM_OK;
     }
-    plan(f, kv, seqs, n_seqs);
+    plan(f, seqs, n_seqs);
     if ((st = td_model_embed(m, f->tokens, T, f->x, err)))
         return st;
     f->stats.other += lap(&t);
     for (int32_t l = 0; l < c->n_layers; l++)
-        if ((st = layer(f, kv, l, seqs, T, err)))
+        if ((st = layer(f, kv, l, seqs, n_seqs, T, err)))
             return st;
 
     t = td_seconds();

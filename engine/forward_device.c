@@ -441,62 +441,15 @@ static tandem_status stage_down(void *ctx, int32_t b, int32_t l, td_stream *s, t
     return td_dev_copy(f->dev, s, f->qkv_host + t0 * W, f->qkv + t0 * W, (size_t)(n * W) * 4, TD_COPY_D2H, err);
 }
 
-/* K and V into the host cache, then the host path's attention calls over
- * the sub-batch: decode entries for single tokens, causal runs for prompt
- * chunks (engine/forward.c makes the same split). */
+/* The host path's attention (engine/forward.c) over the sub-batch's
+ * host-placed sequences, on the rows that came down. */
 static tandem_status stage_attend(void *ctx, int32_t b, int32_t l, td_error *err) {
     td_fwd_dev *f = ctx;
-    const td_llama_config *c = &f->m->cfg;
-    const int64_t Q = (int64_t)c->n_heads * c->head_dim, KV = (int64_t)c->n_kv_heads * c->head_dim, W = Q + 2 * KV;
     const sub_batch *sb = &f->sb[b];
-    int32_t n_ents = 0, n_runs = 0;
-    for (int32_t i = sb->hs0; i < sb->s1; i++) {
-        const td_fwd_seq *q = &f->seqs[i];
-        const int32_t t = f->seq_first[i];
-        const int32_t *blocks = td_kv_seq_blocks(f->hkv, q->kv_seq);
-        if (q->n_tokens == 1 && !q->prompt)
-            f->ents[n_ents++] = (td_attn_seq){
-                .q = f->qkv_host + t * W, .blocks = blocks, .n_tokens = q->pos + 1, .out = f->ao_host + t * Q};
-        else
-            f->runs[n_runs++] = (td_attn_run){.q = f->qkv_host + t * W,
-                                              .q_stride = W,
-                                              .blocks = blocks,
-                                              .pos = q->pos,
-                                              .n = q->n_tokens,
-                                              .out = f->ao_host + t * Q,
-                                              .out_stride = Q};
-    }
-    /* check_batch validated every row: the writes cannot fail */
-#pragma omp parallel for schedule(static) if (sb->t1 - sb->h0 >= 8)
-    for (int32_t i = sb->hs0; i < sb->s1; i++) {
-        const td_fwd_seq *q = &f->seqs[i];
-        const float *row = f->qkv_host + (int64_t)f->seq_first[i] * W;
-        for (int32_t j = 0; j < q->n_tokens; j++, row += W)
-            (void)td_kv_write(f->hkv, q->kv_seq, l, q->pos + j, 1, row + Q, row + Q + KV, TD_DTYPE_F32, NULL);
-    }
-    const float scale = (float)(1.0 / sqrt((double)c->head_dim));
-    tandem_status st = TANDEM_OK;
-    if (n_ents) {
-        td_attn_batch a = {.kv = f->hkv,
-                           .layer = l,
-                           .n_q_heads = c->n_heads,
-                           .scale = scale,
-                           .out_dtype = TD_DTYPE_BF16,
-                           .seqs = f->ents,
-                           .n_seqs = n_ents};
-        st = td_attn_decode(f->cpu_attn, &a, err);
-    }
-    if (st == TANDEM_OK && n_runs) {
-        td_attn_prefill_batch a = {.kv = f->hkv,
-                                   .layer = l,
-                                   .n_q_heads = c->n_heads,
-                                   .scale = scale,
-                                   .out_dtype = TD_DTYPE_BF16,
-                                   .runs = f->runs,
-                                   .n_runs = n_runs};
-        st = td_attn_prefill(f->cpu_attn, &a, err);
-    }
-    return st;
+    if (sb->s1 == sb->hs0)
+        return TANDEM_OK;
+    return td_fwd_attend_host(f->cpu_attn, f->hkv, &f->m->cfg, l, f->seqs + sb->hs0, sb->s1 - sb->hs0,
+                              f->seq_first + sb->hs0, f->qkv_host, f->ao_host, TD_DTYPE_BF16, f->ents, f->runs, err);
 }
 
 static tandem_status stage_up(void *ctx, int32_t b, int32_t l, td_stream *s, td_error *err) {

@@ -51,6 +51,7 @@
 #ifndef TD_ENGINE_FORWARD_DEVICE_H
 #define TD_ENGINE_FORWARD_DEVICE_H
 
+#include "cpu/attention.h"
 #include "engine/forward.h"
 #include "gpu/device.h"
 #include "pipeline/pipeline.h"
@@ -74,6 +75,18 @@ tandem_status td_fwd_dev_step(td_fwd_dev *f, const td_kv_cache *dkv, td_kv_cache
 /* Elements of a GEMM-input row: the widest of n_embd, q_dim and n_ff
  * (engine/forward.c's; both paths size their workspace with it). */
 size_t td_fwd_h_width(const td_llama_config *c);
+
+/* The CPU half of a layer's attention over n sequences whose rows sit in
+ * qkv (rows q_dim + 2 kv_dim apart; sequence i's first token at row
+ * first[i], increasing): K and V into kv, then the decode kernel for
+ * single tokens and the prefill kernel for prompt chunks, outputs at the
+ * same rows of out (q_dim apart, out_dtype). The host path runs it for
+ * the whole batch and the pipeline's attend stage for a sub-batch's
+ * host-placed sequences: one function, the same bits. ents and runs:
+ * scratch of n entries each. */
+tandem_status td_fwd_attend_host(td_attn *a, td_kv_cache *kv, const td_llama_config *c, int32_t layer,
+                                 const td_fwd_seq *seqs, int32_t n, const int32_t *first, const float *qkv, void *out,
+                                 td_dtype out_dtype, td_attn_seq *ents, td_attn_run *runs, td_error *err);
 
 /* Host memory for the logits the device writes back (pinned), and its release. */
 tandem_status td_fwd_dev_host_alloc(td_fwd_dev *f, size_t bytes, void **p, td_error *err);
