@@ -597,6 +597,9 @@ tandem_status tandem_engine_stats(tandem_engine *e, tandem_stats *out) {
     o->prompt_tokens = (uint64_t)s->prompt_tokens;
     o->generated_tokens = (uint64_t)s->generated_tokens;
     o->preemptions = (uint64_t)s->preemptions;
+    o->kv_moves_to_host = (uint64_t)s->moves_to_host;
+    o->kv_moves_to_device = (uint64_t)s->moves_to_device;
+    o->kv_moved_bytes = (uint64_t)s->moved_bytes;
     o->steps = (uint64_t)s->steps;
     o->run_seconds = s->seconds;
     o->forward_seconds = s->forward_seconds;

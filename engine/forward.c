@@ -447,3 +447,13 @@ tandem_status td_forward_step_hybrid(td_forward *f, td_kv_cache *dkv, td_kv_cach
     omp_set_num_threads(saved);
     return st;
 }
+
+tandem_status td_forward_move_kv(td_forward *f, td_kv_cache *dkv, td_kv_cache *hkv, const td_kv_move *moves, int32_t n,
+                                 size_t *bytes, td_error *err) {
+    if (bytes)
+        *bytes = 0;
+    if (!f->dev || td_fwd_dev_place(f->dev) != TD_ATTN_HYBRID || !dkv || !hkv)
+        return td_fail(err, TANDEM_ERR_INVALID_ARGUMENT,
+                       "forward: moving KV needs a forward pass created for hybrid and both caches");
+    return td_fwd_dev_move_kv(f->dev, dkv, hkv, moves, n, bytes, err);
+}

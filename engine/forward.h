@@ -97,6 +97,24 @@ tandem_status td_forward_create_on_device(const td_model *m, td_device *dev, td_
 tandem_status td_forward_step_hybrid(td_forward *f, td_kv_cache *dkv, td_kv_cache *hkv, const td_fwd_seq *seqs,
                                      int32_t n_seqs, float **logits, int32_t *rows, td_error *err);
 
+/* A sequence moving between the two pools of mode hybrid: its KV goes from
+ * src_seq of the source pool (the device's dkv, or the host's hkv when
+ * to_device) to dst_seq of the other, which the caller made as long. */
+typedef struct td_kv_move {
+    int32_t src_seq, dst_seq;
+    bool to_device;
+} td_kv_move;
+
+/* Copies the KV of n sequences between the pools of a TD_ATTN_HYBRID
+ * forward pass, between steps: whole blocks (every layer of a block is
+ * contiguous, cpu/kv_cache.h), runs of consecutive block ids on both sides
+ * coalesced into one copy, downloads and uploads on the link's two copy
+ * streams at once. Returns when the copies are done; the caller then
+ * frees the source sequences. *bytes (may be NULL): bytes copied. A copy
+ * changes no value, so a moved sequence goes on with the same tokens. */
+tandem_status td_forward_move_kv(td_forward *f, td_kv_cache *dkv, td_kv_cache *hkv, const td_kv_move *moves, int32_t n,
+                                 size_t *bytes, td_error *err);
+
 /* The pipeline of a TD_ATTN_ON_CPU or TD_ATTN_HYBRID forward pass (its
  * stats, its trace); NULL for the others. */
 td_pipe *td_forward_pipe(td_forward *f);

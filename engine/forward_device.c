@@ -595,3 +595,58 @@ sync:;
         st = td_fail(err, st2, "forward on %s: %s", d->info.name, e2.msg);
     return st;
 }
+
+/* Enqueues the copies of one move: runs of blocks consecutive in both
+ * pools become one copy each. */
+static tandem_status move_one(td_fwd_dev *f, td_kv_cache *dkv, td_kv_cache *hkv, const td_kv_move *mv, size_t *bytes,
+                              td_error *err) {
+    td_kv_cache *src = mv->to_device ? hkv : dkv, *dst = mv->to_device ? dkv : hkv;
+    const int32_t len = td_kv_seq_len(src, mv->src_seq);
+    if (len < 0 || td_kv_seq_len(dst, mv->dst_seq) != len)
+        return td_fail(err, TANDEM_ERR_INVALID_ARGUMENT,
+                       "forward: moving KV from sequence %d (%d tokens) to sequence %d (%d tokens)", mv->src_seq, len,
+                       mv->dst_seq, td_kv_seq_len(dst, mv->dst_seq));
+    const td_kv_layout *l = td_kv_get_layout(dkv);
+    const int32_t n = (len + l->block_tokens - 1) / l->block_tokens;
+    const int32_t *sb = td_kv_seq_blocks(src, mv->src_seq), *db = td_kv_seq_blocks(dst, mv->dst_seq);
+    /* the pools are the caches' own memory (the device's for dkv); a move
+     * writes blocks the destination sequence holds and nothing reads yet */
+    const uint8_t *sp = td_kv_pool(src);
+    uint8_t *dp = (uint8_t *)td_kv_pool(dst);
+    td_stream *s = td_pipe_copy_stream(f->pipe, mv->to_device);
+    for (int32_t i = 0; i < n;) {
+        int32_t k = 1;
+        while (i + k < n && sb[i + k] == sb[i] + k && db[i + k] == db[i] + k)
+            k++;
+        const size_t sz = (size_t)k * l->block_bytes;
+        tandem_status st =
+            td_dev_copy(f->dev, s, dp + (size_t)db[i] * l->block_bytes, sp + (size_t)sb[i] * l->block_bytes, sz,
+                        mv->to_device ? TD_COPY_H2D : TD_COPY_D2H, err);
+        if (st)
+            return st;
+        *bytes += sz;
+        i += k;
+    }
+    return TANDEM_OK;
+}
+
+tandem_status td_fwd_dev_move_kv(td_fwd_dev *f, td_kv_cache *dkv, td_kv_cache *hkv, const td_kv_move *moves, int32_t n,
+                                 size_t *bytes, td_error *err) {
+    size_t done = 0;
+    tandem_status st = TANDEM_OK;
+    if (f->attn != TD_ATTN_HYBRID)
+        return td_fail(err, TANDEM_ERR_INVALID_ARGUMENT, "forward: KV moves between pools need mode hybrid");
+    for (int32_t i = 0; i < n && st == TANDEM_OK; i++)
+        st = move_one(f, dkv, hkv, &moves[i], &done, err);
+    /* both directions drain even when one failed: nothing may still be
+     * copying into blocks the caller frees or reuses */
+    td_error e2;
+    for (int h2d = 0; h2d < 2; h2d++) {
+        tandem_status s2 = td_dev_stream_sync(f->dev, td_pipe_copy_stream(f->pipe, h2d), &e2);
+        if (s2 && st == TANDEM_OK)
+            st = td_fail(err, s2, "forward on %s: moving KV: %s", f->dev->info.name, e2.msg);
+    }
+    if (bytes)
+        *bytes = st == TANDEM_OK ? done : 0;
+    return st;
+}

@@ -32,21 +32,6 @@
  * host-placed ones are split over both sub-batches by CPU work, and only
  * their rows cross the link. Logits rows come back in the caller's order.
  *
- * With attention on the CPU (mode cpu-attn) the layer is cut around
- * attention: the device runs norm, QKV and RoPE ("pre"), the rows go down
- * to the host, the CPU appends K and V to the host cache and attends with
- * the host's kernels ("attend"), the output goes up and the device runs
- * the O projection and the FFN ("post"), for two sub-batches in turn
- * (pipeline/pipeline.h). Every op is the host path's, so on the emulated
- * device the tokens are the CPU-only path's.
- *
- * Hybrid placement: each sequence attends where its KV lives. The step
- * orders its sequences device-placed first; those all go to sub-batch 0,
- * whose pre stage also appends their K/V to the device cache and runs
- * their attention on the device, straight into the attention output; the
- * host-placed ones are split over both sub-batches by CPU work, and only
- * their rows cross the link. Logits rows come back in the caller's order.
- *
  * Internal to engine/forward.c, which owns the batch checks and the API. */
 #ifndef TD_ENGINE_FORWARD_DEVICE_H
 #define TD_ENGINE_FORWARD_DEVICE_H
@@ -96,8 +81,9 @@ void td_fwd_dev_host_free(td_fwd_dev *f, void *p);
 td_pipe *td_fwd_dev_pipe(td_fwd_dev *f);
 td_attn_place td_fwd_dev_place(const td_fwd_dev *f);
 
-/* The pipeline of TD_ATTN_ON_CPU and TD_ATTN_HYBRID (NULL otherwise). */
-td_pipe *td_fwd_dev_pipe(td_fwd_dev *f);
-td_attn_place td_fwd_dev_place(const td_fwd_dev *f);
+/* Copies the blocks of moves (engine/forward.h, td_forward_move_kv) over
+ * the pipeline's copy streams and waits for them. */
+tandem_status td_fwd_dev_move_kv(td_fwd_dev *f, td_kv_cache *dkv, td_kv_cache *hkv, const td_kv_move *moves, int32_t n,
+                                 size_t *bytes, td_error *err);
 
 #endif /* TD_ENGINE_FORWARD_DEVICE_H */

@@ -25,7 +25,8 @@ struct td_sched {
     int32_t n_done, done_cap;
     /* one step's batch */
     td_fwd_seq *batch;
-    int32_t *chunk; /* tokens of each running sequence in this step (0: none) */
+    int32_t *chunk;           /* tokens of each running sequence in this step (0: none) */
+    td_gen_seq **batch_moves; /* the requests one step moves back to the device */
     td_sched_stats stats;
 };
 
@@ -53,7 +54,8 @@ tandem_status td_sched_create(td_forward *fw, td_kv_cache *kv, const td_sched_co
     s->run = malloc((size_t)c->max_batch * sizeof *s->run);
     s->batch = malloc((size_t)c->max_batch * sizeof *s->batch);
     s->chunk = malloc((size_t)c->max_batch * sizeof *s->chunk);
-    if (!s->run || !s->batch || !s->chunk) {
+    s->batch_moves = malloc((size_t)c->max_batch * sizeof *s->batch_moves);
+    if (!s->run || !s->batch || !s->chunk || !s->batch_moves) {
         td_sched_destroy(s);
         return td_fail(err, TANDEM_ERR_OUT_OF_MEMORY, "scheduler: out of memory");
     }
@@ -82,6 +84,7 @@ void td_sched_destroy(td_sched *s) {
     free(s->done);
     free(s->batch);
     free(s->chunk);
+    free(s->batch_moves);
     free(s);
 }
 
@@ -298,6 +301,77 @@ static bool preempt(td_sched *s, int32_t i) {
 
 static bool preempt_newest(td_sched *s) { return preempt(s, s->n_run - 1); }
 
+/* ---- mode hybrid: moving sequences between the pools ---------------------- */
+
+/* Blocks running request q holds and will take to finish its prompt and
+ * hold the token after it: what a pool must have to take it. */
+static int32_t footprint(const td_sched *s, const td_gen_seq *q) { return blocks_for(s, (int64_t)q->n_ids + 1); }
+
+/* Moves the n running requests qs to the other pool (each to_device or
+ * not), in one batch of copies: sequences in the destination pool are made
+ * as long as the sources, the blocks copied (td_forward_move_kv), then the
+ * sources freed. The caller checked the room. */
+static tandem_status move(td_sched *s, td_gen_seq **qs, int32_t n, bool to_device, td_error *err) {
+    td_kv_move *mv = malloc((size_t)(n > 0 ? n : 1) * sizeof *mv);
+    if (!mv)
+        return td_fail(err, TANDEM_ERR_OUT_OF_MEMORY, "scheduler: out of memory");
+    td_kv_cache *dst = to_device ? s->kv : s->hkv;
+    tandem_status st = TANDEM_OK;
+    int32_t made = 0;
+    for (; made < n; made++) {
+        mv[made] = (td_kv_move){.src_seq = qs[made]->kv_seq, .to_device = to_device};
+        if ((st = td_kv_seq_new(dst, &mv[made].dst_seq, err)))
+            break;
+        if (qs[made]->n_cached > 0 && (st = td_kv_seq_grow(dst, mv[made].dst_seq, qs[made]->n_cached, err))) {
+            td_kv_seq_free(dst, mv[made].dst_seq, NULL);
+            break;
+        }
+    }
+    size_t bytes = 0;
+    if (st == TANDEM_OK)
+        st = td_forward_move_kv(s->fw, s->kv, s->hkv, mv, n, &bytes, err);
+    for (int32_t i = 0; i < made; i++) {
+        td_gen_seq *q = qs[i];
+        if (st != TANDEM_OK) { /* as it was */
+            td_kv_seq_free(dst, mv[i].dst_seq, NULL);
+            continue;
+        }
+        td_kv_seq_free(pool_of(s, q), q->kv_seq, NULL);
+        q->kv_seq = mv[i].dst_seq;
+        q->kv_on_host = !to_device;
+    }
+    if (st == TANDEM_OK) {
+        if (to_device)
+            s->stats.moves_to_device += n;
+        else
+            s->stats.moves_to_host += n;
+        s->stats.moved_bytes += (int64_t)bytes;
+    }
+    free(mv);
+    return st;
+}
+
+/* Room back on the device: sequences in the host pool move back, oldest
+ * first, while the device pool keeps what its own sequences were promised
+ * and a block each for their next tokens (so that the next step does not
+ * send one straight back). */
+static tandem_status move_back(td_sched *s, td_error *err) {
+    if (!s->hkv)
+        return TANDEM_OK;
+    int32_t room = td_kv_free_blocks(s->kv) - committed(s, false) - 1, n = 0;
+    for (int32_t i = 0; i < s->n_run; i++)
+        room -= !s->run[i]->kv_on_host;
+    td_gen_seq **pick = s->batch_moves;
+    for (int32_t i = 0; i < s->n_run && room > 0; i++) {
+        td_gen_seq *q = s->run[i];
+        if (!q->kv_on_host || footprint(s, q) > room)
+            continue;
+        room -= footprint(s, q) + 1;
+        pick[n++] = q;
+    }
+    return n ? move(s, pick, n, true, err) : TANDEM_OK;
+}
+
 /* Decides each running sequence's tokens this step (s->chunk): one token
  * for each sequence past its prompt, then prompt chunks in admission order,
  * within step_tokens and the free blocks. Single tokens that do not fit
@@ -327,6 +401,17 @@ static tandem_status plan(td_sched *s, const td_sched_callbacks *cb, td_error *e
             int32_t victim = s->n_run - 1;
             while (victim > 0 && s->run[victim]->kv_on_host != (short_pool == 1))
                 victim--;
+            /* in the device pool of two, by moving to the host's when that
+             * has room for it (its blocks there, its next token, and what
+             * the host's own sequences were promised) */
+            td_gen_seq *v = s->run[victim];
+            if (short_pool == 0 && s->hkv && !v->kv_on_host &&
+                footprint(s, v) <= free_blocks[1] - need[1] - committed(s, true)) {
+                tandem_status st = move(s, &v, 1, false, err);
+                if (st)
+                    return st;
+                continue;
+            }
             if (s->n_run == 1 && !(s->hkv && !s->run[0]->kv_on_host)) {
                 /* alone and still too long for the whole pool (a sequence
                  * of the first of two pools is preempted instead: it comes
@@ -380,7 +465,9 @@ tandem_status td_sched_step(td_sched *s, const td_sched_callbacks *cb, bool *bus
     s->n_done = 0;
 
     admit(s, cb);
-    tandem_status st = plan(s, cb, err);
+    tandem_status st = move_back(s, err);
+    if (st == TANDEM_OK)
+        st = plan(s, cb, err);
     if (st)
         return st;
     int32_t nb = 0;

@@ -45,9 +45,12 @@ typedef struct td_sched_config {
     int32_t step_tokens; /* tokens per step (decodes + prompt chunks); 1..the forward's max_tokens */
     /* Mode hybrid: a second pool, in host memory (the first is the
      * device's). A request is admitted to the first pool when its prompt
-     * fits there, else to this one, and stays in its pool; a pool that runs
-     * out preempts its own newest sequence. The forward pass must be
-     * TD_ATTN_HYBRID. NULL: one pool. */
+     * fits there, else to this one. When the device pool runs out, its
+     * newest sequence moves to the host pool (its blocks copied, nothing
+     * recomputed) if that has room, and is preempted if not; when room
+     * returns on the device, host-pool sequences move back, oldest first.
+     * The host pool running out preempts its own newest sequence. The
+     * forward pass must be TD_ATTN_HYBRID. NULL: one pool. */
     td_kv_cache *host_kv;
 } td_sched_config;
 
@@ -64,6 +67,8 @@ typedef struct td_sched_stats {
     int64_t prompt_tokens;    /* prefilled, recomputation included */
     int64_t generated_tokens; /* sampled */
     int64_t preemptions;
+    int64_t moves_to_host, moves_to_device; /* mode hybrid: sequences moved between pools */
+    int64_t moved_bytes;
     int64_t finished, failed;
     int32_t max_running;    /* most sequences in one step */
     int32_t peak_kv_blocks; /* most blocks in use after a step's growth */

@@ -270,6 +270,10 @@ typedef struct tandem_stats {
      * pipeline_seconds (1: the busiest resource never waited). */
     uint64_t pipeline_steps;
     double pipeline_seconds, device_busy_seconds, d2h_busy_seconds, h2d_busy_seconds, cpu_busy_seconds;
+    /* Mode hybrid: sequences moved from the device's KV pool to the host's
+     * (when the device's ran out) and back (when room returned), and the
+     * bytes of KV those moves copied. */
+    uint64_t kv_moves_to_host, kv_moves_to_device, kv_moved_bytes;
 } tandem_stats;
 
 TANDEM_API tandem_status tandem_engine_stats(tandem_engine *e, tandem_stats *out);

@@ -78,6 +78,7 @@ tandem_status td_pipe_create(td_device *d, td_pipe **out, td_error *err) {
 }
 
 td_stream *td_pipe_stream(td_pipe *p) { return p->compute; }
+td_stream *td_pipe_copy_stream(td_pipe *p, bool h2d) { return h2d ? p->h2d : p->d2h; }
 const td_pipe_stats *td_pipe_get_stats(const td_pipe *p) { return &p->stats; }
 
 /* Events for n_layers layers, made once and reused by every step. */

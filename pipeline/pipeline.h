@@ -44,6 +44,7 @@
 #ifndef TD_PIPELINE_PIPELINE_H
 #define TD_PIPELINE_PIPELINE_H
 
+#include <stdbool.h>
 #include <stdint.h>
 #include <stdio.h>
 
@@ -74,6 +75,9 @@ typedef struct td_pipe_stats {
 tandem_status td_pipe_create(td_device *d, td_pipe **out, td_error *err);
 void td_pipe_destroy(td_pipe *p);
 td_stream *td_pipe_stream(td_pipe *p); /* the device's compute stream */
+/* The copy streams (one per link direction), for copies outside a step
+ * (moving KV between pools): h2d true for the upload stream. */
+td_stream *td_pipe_copy_stream(td_pipe *p, bool h2d);
 
 /* Runs n_layers layers of n_sub (1 or 2) sub-batches. Work the caller put
  * on the compute stream before the call (the embedding) comes first; the

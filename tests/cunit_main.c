@@ -1,8 +1,11 @@
 /* The main of every CUnit test program: runs the suites the program
- * registers, prints CUnit's report, exits non-zero on any failure. */
+ * registers, prints CUnit's report, exits non-zero on any failure.
+ * TD_TEST_FILTER=text runs only the tests whose name contains text (while
+ * working on one). */
 #include <CUnit/Basic.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 
 #include "tests/test_util.h"
 
@@ -14,8 +17,9 @@ void td_add_suite_with(const char *name, CU_InitializeFunc init, CU_CleanupFunc 
         fprintf(stderr, "cannot add suite %s: %s\n", name, CU_get_error_msg());
         exit(2);
     }
+    const char *only = getenv("TD_TEST_FILTER");
     for (const td_test *t = tests; t->name; t++)
-        if (!CU_add_test(s, t->name, t->fn)) {
+        if ((!only || strstr(t->name, only)) && !CU_add_test(s, t->name, t->fn)) {
             fprintf(stderr, "cannot add test %s: %s\n", t->name, CU_get_error_msg());
             exit(2);
         }

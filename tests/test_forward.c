@@ -224,8 +224,23 @@ static void test_logits_bf16(void) { logits_vs_oracle(TD_WEIGHTS_BF16, TD_DTYPE_
  * O.gen tokens. With stagger, prompt i joins at step i instead (so steps mix
  * prefills and decodes, as under continuous batching) and the prompts are
  * prefilled in chunks of `chunk` tokens. */
+/* With migrate (hybrid only), where sequence i's KV lives changes every 3
+ * steps: odd ones on the host, then all on the host (steps like mode
+ * cpu-attn), then all on the device (like mode device), then even ones on
+ * the host, and round again; moves copy the blocks between the pools
+ * (td_forward_move_kv), mid-prompt ones included. */
+static bool host_at(int32_t stepno, uint32_t i, bool migrate) {
+    switch (migrate ? stepno / 3 % 4 : 0) {
+    case 0: return i % 2;
+    case 1: return true;
+    case 2: return false;
+    default: return i % 2 == 0;
+    }
+}
+
 static void generate_on(td_device *dev, td_attn_place attn, td_model *m, td_dtype kv_dtype, const uint32_t *which,
-                        uint32_t n, bool stagger, int32_t chunk, int32_t (*out)[64], float *first_logits) {
+                        uint32_t n, bool stagger, int32_t chunk, bool migrate, int32_t (*out)[64],
+                        float *first_logits) {
     void *pool = NULL;
     /* mode device: the cache in device memory; cpu-attn: the host's; hybrid:
      * both, odd sequences on the host */
@@ -241,10 +256,42 @@ static void generate_on(td_device *dev, td_attn_place attn, td_model *m, td_dtyp
     bool on_host[16];
     td_fwd_seq s[16] = {{0}};
     for (uint32_t i = 0; i < n; i++) {
-        on_host[i] = hkv && i % 2;
+        on_host[i] = hkv && host_at(0, i, migrate);
         TD_ASSERT_OK(td_kv_seq_new(on_host[i] ? hkv : kv, &seq[i], &err), &err);
     }
+    int64_t moves = 0;
     for (int32_t stepno = 0;; stepno++) {
+        if (hkv && migrate) {
+            td_kv_move mv[16];
+            uint32_t who_moves[16], nm = 0;
+            for (uint32_t i = 0; i < n; i++) {
+                const bool want = host_at(stepno, i, true);
+                if (want == on_host[i] || n_gen[i] >= (int32_t)O.gen)
+                    continue;
+                td_kv_cache *src = on_host[i] ? hkv : kv, *dst = want ? hkv : kv;
+                mv[nm] = (td_kv_move){.src_seq = seq[i], .to_device = !want};
+                TD_ASSERT_OK(td_kv_seq_new(dst, &mv[nm].dst_seq, &err), &err);
+                const int32_t len = td_kv_seq_len(src, seq[i]);
+                if (len > 0)
+                    TD_ASSERT_OK(td_kv_seq_grow(dst, mv[nm].dst_seq, len, &err), &err);
+                who_moves[nm++] = i;
+            }
+            size_t bytes = 0;
+            TD_ASSERT_OK(td_forward_move_kv(fw, kv, hkv, mv, (int32_t)nm, &bytes, &err), &err);
+            size_t want_bytes = 0;
+            for (uint32_t k = 0; k < nm; k++) {
+                const uint32_t i = who_moves[k];
+                td_kv_cache *src = on_host[i] ? hkv : kv;
+                const td_kv_layout *l = td_kv_get_layout(src);
+                want_bytes +=
+                    (size_t)((td_kv_seq_len(src, seq[i]) + l->block_tokens - 1) / l->block_tokens) * l->block_bytes;
+                TD_ASSERT_OK(td_kv_seq_free(src, seq[i], &err), &err);
+                seq[i] = mv[k].dst_seq;
+                on_host[i] = !on_host[i];
+            }
+            CU_ASSERT_EQUAL(bytes, want_bytes);
+            moves += nm;
+        }
         int32_t ns = 0;
         for (uint32_t i = 0; i < n; i++) {
             const oracle_prompt *p = &O.p[which[i]];
@@ -298,6 +345,16 @@ static void generate_on(td_device *dev, td_attn_place attn, td_model *m, td_dtyp
         }
         CU_ASSERT_EQUAL_FATAL(r, rows);
     }
+    if (hkv && migrate) { /* every phase of host_at ran, and moved sequences */
+        CU_ASSERT(moves >= (int64_t)n);
+        /* a destination that is not as long as its source */
+        td_kv_move bad = {.to_device = true};
+        TD_ASSERT_OK(td_kv_seq_new(hkv, &bad.src_seq, &err), &err);
+        TD_ASSERT_OK(td_kv_seq_grow(hkv, bad.src_seq, 20, &err), &err);
+        TD_ASSERT_OK(td_kv_seq_new(kv, &bad.dst_seq, &err), &err);
+        TD_ASSERT_STATUS(TANDEM_ERR_INVALID_ARGUMENT, td_forward_move_kv(fw, kv, hkv, &bad, 1, NULL, &err), &err);
+        CU_ASSERT(strstr(err.msg, "20 tokens") != NULL);
+    }
     td_forward_destroy(fw);
     td_kv_destroy(kv);
     td_kv_destroy(hkv);
@@ -307,7 +364,7 @@ static void generate_on(td_device *dev, td_attn_place attn, td_model *m, td_dtyp
 
 static void generate(td_model *m, td_dtype kv_dtype, const uint32_t *which, uint32_t n, bool stagger, int32_t chunk,
                      int32_t (*out)[64]) {
-    generate_on(NULL, TD_ATTN_ON_DEVICE, m, kv_dtype, which, n, stagger, chunk, out, NULL);
+    generate_on(NULL, TD_ATTN_ON_DEVICE, m, kv_dtype, which, n, stagger, chunk, false, out, NULL);
 }
 
 static void greedy_vs_oracle(td_weights w, td_dtype kv_dtype, float gap_tol) {
@@ -387,10 +444,17 @@ static void device_emu_equals_host(td_attn_place attn) {
     float *lh = malloc(nl * sizeof *lh), *le = malloc(nl * sizeof *le);
     CU_ASSERT_PTR_NOT_NULL_FATAL(lh);
     CU_ASSERT_PTR_NOT_NULL_FATAL(le);
-    generate_on(NULL, attn, m, TD_DTYPE_BF16, which, O.n_prompts, false, 0, host, lh);
-    generate_on(dev, attn, m, TD_DTYPE_BF16, which, O.n_prompts, false, 0, emu, le);
-    generate_on(NULL, attn, m, TD_DTYPE_BF16, which, O.n_prompts, true, 7, host_st, NULL);
-    generate_on(dev, attn, m, TD_DTYPE_BF16, which, O.n_prompts, true, 7, emu_st, NULL);
+    generate_on(NULL, attn, m, TD_DTYPE_BF16, which, O.n_prompts, false, 0, false, host, lh);
+    generate_on(dev, attn, m, TD_DTYPE_BF16, which, O.n_prompts, false, 0, false, emu, le);
+    generate_on(NULL, attn, m, TD_DTYPE_BF16, which, O.n_prompts, true, 7, false, host_st, NULL);
+    generate_on(dev, attn, m, TD_DTYPE_BF16, which, O.n_prompts, true, 7, false, emu_st, NULL);
+    if (attn == TD_ATTN_HYBRID) {
+        /* sequences moving between the pools, prompts mid-way included: the same tokens */
+        int32_t moved[16][64];
+        generate_on(dev, attn, m, TD_DTYPE_BF16, which, O.n_prompts, true, 7, true, moved, NULL);
+        for (uint32_t i = 0; i < O.n_prompts; i++)
+            CU_ASSERT(memcmp(host_st[i], moved[i], O.gen * sizeof host[i][0]) == 0);
+    }
     float worst = 0;
     for (size_t i = 0; i < nl; i++) {
         float d = lh[i] > le[i] ? lh[i] - le[i] : le[i] - lh[i];
@@ -486,7 +550,7 @@ void td_test_register(void) {
         {"a batch equals one at a time (also staggered, chunked)", test_batch_equals_single},
         {"mode device on the emulated device equals the host", test_device_emu_equals_host},
         {"mode cpu-attn (pipelined) on the emulated device equals the host", test_cpu_attn_emu_equals_host},
-        {"hybrid: half the sequences' KV on the device, half on the host, equals the host",
+        {"hybrid: half the sequences' KV on the device, half on the host, and moving between them, equals the host",
          test_hybrid_emu_equals_host},
         {"errors", test_errors},
         {NULL, NULL},

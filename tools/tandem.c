@@ -587,6 +587,11 @@ out:
                     stats.generated_tokens / (wall > 0 ? wall : 1), ran, stats.generated_tokens / (ran > 0 ? ran : 1),
                     (unsigned long long)stats.preemptions, stats.kv_bytes_peak / 1048576.0,
                     stats.kv_bytes_total / 1048576.0);
+            if (stats.kv_moves_to_host + stats.kv_moves_to_device > 0)
+                fprintf(stderr,
+                        "tandem: KV moves: %llu sequences to the host pool, %llu back to the device (%.1f MiB)\n",
+                        (unsigned long long)stats.kv_moves_to_host, (unsigned long long)stats.kv_moves_to_device,
+                        stats.kv_moved_bytes / 1048576.0);
             if (stats.pipeline_steps > 0) {
                 double busiest = stats.device_busy_seconds;
                 const double others[] = {stats.d2h_busy_seconds, stats.h2d_busy_seconds, stats.cpu_busy_seconds};

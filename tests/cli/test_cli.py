@@ -207,16 +207,28 @@ class Cli(unittest.TestCase):
         self.assertTrue(all(e["dur"] >= 0 and e["ts"] >= 0 for e in slices))
 
     def test_hybrid_equals_cpu(self):
-        # two KV pools: a device pool of 2 MB (5 blocks) holds a few requests, the rest go to the host
-        # pool and attend on the CPU; the device pool runs out and preempts; the same tokens
-        inp = write_lines("hy.jsonl", jsonl(PROMPTS))
-        p = run(["--input", inp, "--output", path("hy.out"), "--max-tokens", "24", "--device", "emu",
-                 "--mode", "hybrid", "--device-kv", "2M"])
+        # two KV pools: a device pool of 3 MB (8 blocks) holds the first requests, the rest go to the
+        # host pool and attend on the CPU; as sequences grow the device pool runs out and its newest
+        # sequences move to the host pool (blocks copied, nothing recomputed); the two short requests
+        # finish early and a host sequence moves back; the same tokens as the CPU alone
+        recs = [{"id": "h0", "prompt": PROMPTS[1], "max_tokens": 24}, {"id": "h1", "prompt": PROMPTS[2], "max_tokens": 30}]
+        recs += [{"id": f"h{i}", "prompt": PROMPTS[i]} for i in (3, 4, 5, 7)]
+        recs = [json.dumps(r) for r in recs]
+        inp = write_lines("hy.jsonl", recs)
+        run(["--input", inp, "--output", path("hy.cpu"), "--max-tokens", "60", "--device", "cpu"])
+        p = run(["--input", inp, "--output", path("hy.out"), "--max-tokens", "60", "--device", "emu",
+                 "--mode", "hybrid", "--device-kv", "3M"])
         self.assertIn("mode hybrid", p.stderr)
         self.assertIn("pipeline:", p.stderr)
-        out = by_id(records("hy.out"))
-        for i, r in self.reference.items():
+        m = re.search(r"KV moves: (\d+) sequences to the host pool, (\d+) back to the device", p.stderr)
+        self.assertIsNotNone(m, p.stderr)
+        self.assertGreater(int(m.group(1)), 0)
+        self.assertGreater(int(m.group(2)), 0)
+        ref, out = by_id(records("hy.cpu")), by_id(records("hy.out"))
+        self.assertEqual(len(out), 6)
+        for i, r in ref.items():
             self.assertEqual(out[i]["completion"], r["completion"], i)
+            self.assertEqual(out[i]["completion_tokens"], r["completion_tokens"], i)
 
     def test_emu_timed(self):
         # timed mode: the device takes an H100's time and computes nothing; the job runs to the end
