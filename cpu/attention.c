@@ -6,6 +6,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "base/clock.h"
 #include "cpu/attention_impl.h"
 
 #define LOG2E 1.4426950408889634f
@@ -58,7 +59,30 @@ struct td_attn {
     size_t tiles_cap;
     td_attn_seq *ents; /* the decode entries of the fallback path */
     size_t ents_cap;
+    /* td_attn_time_threads: [kind][thread][start, end] */
+    bool timing;
+    double *spans;
 };
+
+static double span_begin(const td_attn *a) { return a->timing ? td_seconds() : 0; }
+
+static void span_end(td_attn *a, td_attn_span_kind kind, int thread, double t0) {
+    if (!a->timing)
+        return;
+    double *s = a->spans + ((size_t)kind * (size_t)a->n_threads + (size_t)thread) * 2;
+    s[0] = t0;
+    s[1] = td_seconds();
+}
+
+void td_attn_time_threads(td_attn *a, bool on) { a->timing = on; }
+
+void td_attn_clear_spans(td_attn *a) {
+    memset(a->spans, 0, (size_t)TD_ATTN_SPAN_KINDS * (size_t)a->n_threads * 2 * sizeof *a->spans);
+}
+
+const double *td_attn_spans(const td_attn *a, td_attn_span_kind kind) {
+    return a->spans + (size_t)kind * (size_t)a->n_threads * 2;
+}
 
 static const td_attn_kernel kernels[TD_ISA_COUNT] = {
     [TD_ISA_SCALAR] = td_attn_kernel_scalar,
@@ -84,7 +108,10 @@ tandem_status td_attn_create(int n_threads, td_isa isa, td_attn **out, td_error 
     a->isa = isa;
     a->kernel = kernels[isa];
     a->thread_first = calloc((size_t)a->n_threads + 1, sizeof *a->thread_first);
-    if (!a->thread_first) {
+    a->spans = calloc((size_t)TD_ATTN_SPAN_KINDS * (size_t)a->n_threads * 2, sizeof *a->spans);
+    if (!a->thread_first || !a->spans) {
+        free(a->thread_first);
+        free(a->spans);
         free(a);
         return td_fail(err, TANDEM_ERR_OUT_OF_MEMORY, "attention: out of memory");
     }
@@ -98,6 +125,7 @@ void td_attn_destroy(td_attn *a) {
     free(a->items);
     free(a->groups);
     free(a->thread_first);
+    free(a->spans);
     free(a->partials);
     free(a->scratch);
     free(a->tiles);
@@ -369,7 +397,7 @@ static void merge(const call_ctx *x, const merge_group *g, float *tmp) {
     }
 }
 
-tandem_status td_attn_decode(td_attn *a, const td_attn_batch *b, td_error *err) {
+static tandem_status decode(td_attn *a, const td_attn_batch *b, td_attn_span_kind kind, td_error *err) {
     tandem_status st = validate(b, err);
     if (st || b->n_seqs == 0)
         return st;
@@ -390,10 +418,12 @@ tandem_status td_attn_decode(td_attn *a, const td_attn_batch *b, td_error *err) 
                        b->n_seqs);
     a->scratch_stride = stride;
     if (a->n_threads == 1) {
+        const double t0 = span_begin(a);
         for (int64_t i = 0; i < n_items; i++)
             run_item(&x, &a->items[i], a->scratch);
         for (int32_t g = 0; g < n_groups; g++)
             merge(&x, &a->groups[g], (float *)a->scratch);
+        span_end(a, kind, 0, t0);
         return TANDEM_OK;
     }
 
@@ -402,16 +432,22 @@ tandem_status td_attn_decode(td_attn *a, const td_attn_batch *b, td_error *err) 
         /* the runtime may give fewer threads than asked (nesting, limits):
          * then each thread takes several of the planned ranges */
         const int me = omp_get_thread_num(), team = omp_get_num_threads();
+        const double t0 = span_begin(a);
         uint8_t *scratch = a->scratch + (size_t)me * stride;
         for (int r = me; r < a->n_threads; r += team)
             for (int32_t i = a->thread_first[r]; i < a->thread_first[r + 1]; i++)
                 run_item(&x, &a->items[i], scratch);
 #pragma omp barrier
-#pragma omp for schedule(dynamic, 1)
+#pragma omp for schedule(dynamic, 1) nowait
         for (int32_t g = 0; g < n_groups; g++)
             merge(&x, &a->groups[g], (float *)scratch);
+        span_end(a, kind, me, t0);
     }
     return TANDEM_OK;
+}
+
+tandem_status td_attn_decode(td_attn *a, const td_attn_batch *b, td_error *err) {
+    return decode(a, b, TD_ATTN_SPAN_DECODE, err);
 }
 
 /* ---- prefill ---------------------------------------------------------- */
@@ -465,7 +501,7 @@ static tandem_status prefill_by_decode(td_attn *a, const td_attn_prefill_batch *
                        .out_dtype = b->out_dtype,
                        .seqs = a->ents,
                        .n_seqs = (int32_t)n};
-    return td_attn_decode(a, &d, err);
+    return decode(a, &d, TD_ATTN_SPAN_PREFILL, err);
 }
 
 /* Query tokens per tile: up to 16, and at most 64 rows (queries x heads of
@@ -515,10 +551,13 @@ static tandem_status prefill_tiles(td_attn *a, const td_attn_prefill_batch *b, t
     }
 #pragma omp parallel num_threads(a->n_threads)
     {
-        float *ws = (float *)(a->scratch + (size_t)omp_get_thread_num() * stride);
-#pragma omp for schedule(dynamic, 1)
+        const int me = omp_get_thread_num();
+        const double t0 = span_begin(a);
+        float *ws = (float *)(a->scratch + (size_t)me * stride);
+#pragma omp for schedule(dynamic, 1) nowait
         for (int64_t i = 0; i < n_tiles; i++)
             td_attn_prefill_avx512(&a->tiles[i], ws);
+        span_end(a, TD_ATTN_SPAN_PREFILL, me, t0);
     }
     return TANDEM_OK;
 }

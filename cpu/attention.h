@@ -22,6 +22,7 @@
 #ifndef TD_CPU_ATTENTION_H
 #define TD_CPU_ATTENTION_H
 
+#include <stdbool.h>
 #include <stdint.h>
 
 #include "base/dtype.h"
@@ -60,6 +61,18 @@ td_isa td_attn_isa(const td_attn *a);
 int td_attn_threads(const td_attn *a);
 
 tandem_status td_attn_decode(td_attn *a, const td_attn_batch *b, td_error *err);
+
+/* Per-thread timing, for traces. With it on, a call records when each
+ * thread of its team started and ended its share (td_seconds()). Off by
+ * default: it costs two clock reads per thread and call. */
+typedef enum td_attn_span_kind { TD_ATTN_SPAN_DECODE, TD_ATTN_SPAN_PREFILL, TD_ATTN_SPAN_KINDS } td_attn_span_kind;
+void td_attn_time_threads(td_attn *a, bool on);
+/* Forgets the spans recorded so far. */
+void td_attn_clear_spans(td_attn *a);
+/* The spans of the last call of a kind since td_attn_clear_spans:
+ * [td_attn_threads()][2] (start, end) seconds, both 0 for a thread that
+ * had no share or when no such call ran. */
+const double *td_attn_spans(const td_attn *a, td_attn_span_kind kind);
 
 /* Prefill: runs of consecutive query tokens of one sequence each (a prompt,
  * or a chunk of one whose earlier tokens are already cached). Query j of a

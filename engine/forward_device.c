@@ -448,8 +448,22 @@ static tandem_status stage_attend(void *ctx, int32_t b, int32_t l, td_error *err
     const sub_batch *sb = &f->sb[b];
     if (sb->s1 == sb->hs0)
         return TANDEM_OK;
-    return td_fwd_attend_host(f->cpu_attn, f->hkv, &f->m->cfg, l, f->seqs + sb->hs0, sb->s1 - sb->hs0,
-                              f->seq_first + sb->hs0, f->qkv_host, f->ao_host, TD_DTYPE_BF16, f->ents, f->runs, err);
+    /* with a trace, each thread's share of the kernels gets a slice */
+    const bool traced = td_pipe_tracing(f->pipe);
+    td_attn_time_threads(f->cpu_attn, traced);
+    if (traced)
+        td_attn_clear_spans(f->cpu_attn);
+    tandem_status st =
+        td_fwd_attend_host(f->cpu_attn, f->hkv, &f->m->cfg, l, f->seqs + sb->hs0, sb->s1 - sb->hs0,
+                           f->seq_first + sb->hs0, f->qkv_host, f->ao_host, TD_DTYPE_BF16, f->ents, f->runs, err);
+    static const char *const kind_name[TD_ATTN_SPAN_KINDS] = {"decode", "prefill"};
+    for (int k = 0; traced && k < TD_ATTN_SPAN_KINDS; k++) {
+        const double *sp = td_attn_spans(f->cpu_attn, (td_attn_span_kind)k);
+        for (int t = 0; t < td_attn_threads(f->cpu_attn); t++)
+            if (sp[2 * t + 1] > 0)
+                td_pipe_cpu_span(f->pipe, b, l, t, kind_name[k], sp[2 * t], sp[2 * t + 1]);
+    }
+    return st;
 }
 
 static tandem_status stage_up(void *ctx, int32_t b, int32_t l, td_stream *s, td_error *err) {

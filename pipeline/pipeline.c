@@ -16,6 +16,18 @@ typedef struct slot {
     double t[2]; /* attend: td_seconds() at start and end */
 } slot;
 
+/* A CPU thread's slice inside an attend stage (td_pipe_cpu_span). */
+typedef struct cpu_span {
+    int32_t b, l;
+    int thread;
+    const char *name;
+    double t0, t1;
+} cpu_span;
+
+/* Trace tracks: 1 device, 2 D2H, 3 H2D, 4 CPU (the attend stages), then
+ * one per CPU thread. */
+#define TRACK_THREAD0 10
+
 struct td_pipe {
     td_device *d;
     td_stream *compute, *d2h, *h2d;
@@ -30,6 +42,9 @@ struct td_pipe {
     FILE *trace;
     double trace_origin;
     bool trace_first;
+    cpu_span *spans; /* the step's, while tracing */
+    size_t n_spans, spans_cap;
+    int threads_named; /* CPU thread tracks named in the trace so far */
 };
 
 static slot *at(td_pipe *p, int32_t l, int32_t b, int stage) {
@@ -58,6 +73,7 @@ void td_pipe_destroy(td_pipe *p) {
         td_dev_stream_destroy(p->d, p->h2d);
     free_slots(p);
     td_dev_event_destroy(p->d, p->base);
+    free(p->spans);
     free(p);
 }
 
@@ -140,6 +156,7 @@ tandem_status td_pipe_run(td_pipe *p, int32_t n_sub, int32_t n_layers, const td_
         return s;
     p->n_sub = n_sub;
     p->n_layers = n_layers;
+    p->n_spans = 0;
     p->step_start = td_seconds();
     /* The time origin of the step's device events. Waiting for it costs
      * nothing: the device has only the caller's first ops to run, and the
@@ -181,13 +198,35 @@ static double since_base(td_pipe *p, td_event *e) {
     return ms * 1e-3;
 }
 
-static void trace_slice(td_pipe *p, int tid, int stage, int32_t l, int32_t b, double t0, double t1) {
+static void trace_slice(td_pipe *p, int tid, const char *name, int32_t l, int32_t b, double t0, double t1) {
     fprintf(p->trace,
             "%s\n{\"name\":\"%s\",\"cat\":\"%s\",\"ph\":\"X\",\"pid\":1,\"tid\":%d,\"ts\":%.3f,\"dur\":%.3f,"
             "\"args\":{\"layer\":%d,\"sub_batch\":%d,\"step\":%lld}}",
-            p->trace_first ? "" : ",", stage_name[stage], tid == 4 ? "cpu" : "device", tid,
-            (t0 - p->trace_origin) * 1e6, (t1 - t0) * 1e6, l, b, (long long)p->stats.steps);
+            p->trace_first ? "" : ",", name, tid >= 4 ? "cpu" : "device", tid, (t0 - p->trace_origin) * 1e6,
+            (t1 - t0) * 1e6, l, b, (long long)p->stats.steps);
     p->trace_first = false;
+}
+
+static void trace_track(td_pipe *p, int tid, const char *name) {
+    fprintf(p->trace, "%s\n{\"name\":\"thread_name\",\"ph\":\"M\",\"pid\":1,\"tid\":%d,\"args\":{\"name\":\"%s\"}}",
+            p->trace_first ? "" : ",", tid, name);
+    p->trace_first = false;
+}
+
+bool td_pipe_tracing(const td_pipe *p) { return p->trace != NULL; }
+
+void td_pipe_cpu_span(td_pipe *p, int32_t b, int32_t layer, int thread, const char *name, double t0, double t1) {
+    if (!p->trace || thread < 0)
+        return;
+    if (p->n_spans == p->spans_cap) {
+        size_t cap = p->spans_cap ? 2 * p->spans_cap : 256;
+        cpu_span *s = realloc(p->spans, cap * sizeof *s);
+        if (!s)
+            return; /* the trace loses a slice, the step goes on */
+        p->spans = s;
+        p->spans_cap = cap;
+    }
+    p->spans[p->n_spans++] = (cpu_span){.b = b, .l = layer, .thread = thread, .name = name, .t0 = t0, .t1 = t1};
 }
 
 tandem_status td_pipe_finish(td_pipe *p, td_error *err) {
@@ -213,9 +252,23 @@ tandem_status td_pipe_finish(td_pipe *p, td_error *err) {
                 }
                 busy[k] += t1 - t0;
                 if (p->trace)
-                    /* tracks: 1 device, 2 D2H, 3 H2D, 4 CPU */
-                    trace_slice(p, k == PRE || k == POST ? 1 : k == DOWN ? 2 : k == UP ? 3 : 4, k, l, b, t0, t1);
+                    trace_slice(p,
+                                k == PRE || k == POST ? 1
+                                : k == DOWN           ? 2
+                                : k == UP             ? 3
+                                                      : 4,
+                                stage_name[k], l, b, t0, t1);
             }
+    for (size_t i = 0; p->trace && i < p->n_spans; i++) {
+        const cpu_span *c = &p->spans[i];
+        for (; p->threads_named <= c->thread; p->threads_named++) {
+            char name[32];
+            snprintf(name, sizeof name, "CPU thread %d", p->threads_named);
+            trace_track(p, TRACK_THREAD0 + p->threads_named, name);
+        }
+        trace_slice(p, TRACK_THREAD0 + c->thread, c->name, c->l, c->b, c->t0, c->t1);
+    }
+
     p->stats.steps++;
     p->stats.step += td_seconds() - p->step_start;
     p->stats.device += busy[PRE] + busy[POST];
@@ -234,11 +287,9 @@ void td_pipe_trace(td_pipe *p, FILE *f) {
         return;
     fprintf(f, "{\"displayTimeUnit\":\"ms\",\"traceEvents\":[");
     static const char *const tracks[] = {"device stream", "copy D2H", "copy H2D", "CPU attention"};
-    for (int t = 0; t < 4; t++) {
-        fprintf(f, "%s\n{\"name\":\"thread_name\",\"ph\":\"M\",\"pid\":1,\"tid\":%d,\"args\":{\"name\":\"%s\"}}",
-                p->trace_first ? "" : ",", t + 1, tracks[t]);
-        p->trace_first = false;
-    }
+    for (int t = 0; t < 4; t++)
+        trace_track(p, t + 1, tracks[t]);
+    p->threads_named = 0;
 }
 
 void td_pipe_trace_end(td_pipe *p) {

@@ -37,8 +37,9 @@
  * The coordinator times every stage (device stages by events, CPU stages
  * by the clock), keeps busy times per resource, and can write a Chrome
  * trace-event file (opens in Perfetto or chrome://tracing): one track for
- * the device stream, the copy stream and the CPU, one slice per stage with
- * its layer and sub-batch.
+ * the device stream, each copy stream and the CPU, one slice per stage with
+ * its layer and sub-batch, and a track per CPU thread with the slices the
+ * attend stage reports (td_pipe_cpu_span).
  *
  * It knows nothing of the model: the stages are callbacks. */
 #ifndef TD_PIPELINE_PIPELINE_H
@@ -97,5 +98,12 @@ const td_pipe_stats *td_pipe_get_stats(const td_pipe *p);
 void td_pipe_trace(td_pipe *p, FILE *f);
 /* Closes the JSON array; no more slices are written. */
 void td_pipe_trace_end(td_pipe *p);
+/* Whether a trace is being written: then the attend stage may report what
+ * each CPU thread did with td_pipe_cpu_span. */
+bool td_pipe_tracing(const td_pipe *p);
+/* A slice of CPU thread `thread`'s work inside attend(b, layer), from t0
+ * to t1 (td_seconds()): the trace gets a track per CPU thread. name must
+ * be a string literal (kept until the step's end). */
+void td_pipe_cpu_span(td_pipe *p, int32_t b, int32_t layer, int thread, const char *name, double t0, double t1);
 
 #endif /* TD_PIPELINE_PIPELINE_H */

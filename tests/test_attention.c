@@ -26,6 +26,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "base/clock.h"
 #include "cpu/attention.h"
 #include "cpu/kv_cache.h"
 #include "tests/test_util.h"
@@ -663,6 +664,56 @@ static void test_batch_invariance(void) {
     fixture_free(f);
 }
 
+/* td_attn_time_threads: each thread's share of a call, inside the call. */
+static void test_thread_spans(void) {
+    static const int32_t lens[] = {3000, 2000, 1000, 700};
+    fixture *f = fixture_make(2, 4, 64, TD_DTYPE_BF16, 16, lens, 4, 5, 1.0f);
+    const size_t row = (size_t)f->n_q * f->D;
+    td_attn *a = NULL;
+    td_error err;
+    td_isa isa;
+    TD_ASSERT_OK(td_isa_select(&isa, &err), &err);
+    TD_ASSERT_OK(td_attn_create(2, isa, &a, &err), &err);
+    td_attn_seq seqs[4];
+    float *out = malloc(row * 4 * sizeof *out);
+    for (int s = 0; s < 4; s++)
+        seqs[s] = (td_attn_seq){.q = f->q + s * row,
+                                .blocks = td_kv_seq_blocks(f->kv, f->ids[s]),
+                                .n_tokens = lens[s],
+                                .out = out + s * row};
+    td_attn_batch b = {.kv = f->kv,
+                       .layer = LAYER,
+                       .n_q_heads = f->n_q,
+                       .scale = f->scale,
+                       .out_dtype = TD_DTYPE_F32,
+                       .seqs = seqs,
+                       .n_seqs = 4};
+    /* off: nothing recorded */
+    TD_ASSERT_OK(td_attn_decode(a, &b, &err), &err);
+    for (int k = 0; k < TD_ATTN_SPAN_KINDS; k++)
+        for (int i = 0; i < 2 * td_attn_threads(a); i++)
+            CU_ASSERT_EQUAL(td_attn_spans(a, (td_attn_span_kind)k)[i], 0);
+    td_attn_time_threads(a, true);
+    const double before = td_seconds();
+    TD_ASSERT_OK(td_attn_decode(a, &b, &err), &err);
+    const double after = td_seconds();
+    const double *sp = td_attn_spans(a, TD_ATTN_SPAN_DECODE);
+    int busy = 0;
+    for (int t = 0; t < td_attn_threads(a); t++) {
+        if (sp[2 * t + 1] == 0)
+            continue;
+        busy++;
+        CU_ASSERT(before <= sp[2 * t] && sp[2 * t] <= sp[2 * t + 1] && sp[2 * t + 1] <= after);
+    }
+    CU_ASSERT(busy >= 1); /* the runtime may give a smaller team, never none */
+    CU_ASSERT_EQUAL(td_attn_spans(a, TD_ATTN_SPAN_PREFILL)[1], 0);
+    td_attn_clear_spans(a);
+    CU_ASSERT_EQUAL(td_attn_spans(a, TD_ATTN_SPAN_DECODE)[1], 0);
+    free(out);
+    td_attn_destroy(a);
+    fixture_free(f);
+}
+
 void td_test_register(void) {
     static const td_test tests[] = {
         {"scalar kernel vs naive two-pass softmax", test_scalar_vs_oracle},
@@ -674,6 +725,7 @@ void td_test_register(void) {
         {"prefill runs, every ISA, vs scalar decode per query", test_prefill_vs_decode},
         {"prefill argument errors", test_prefill_errors},
         {"a sequence's result does not depend on its batch", test_batch_invariance},
+        {"per-thread spans for traces", test_thread_spans},
         {NULL, NULL},
     };
     td_add_suite("attention", tests);

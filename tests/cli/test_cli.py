@@ -197,9 +197,23 @@ class Cli(unittest.TestCase):
         self.assertTrue(0 < eff <= 1.0, eff)
         with open(trace, encoding="utf-8") as f:
             events = json.load(f)["traceEvents"]
-        slices = [e for e in events if e["ph"] == "X"]
-        names = {e["args"]["name"] for e in events if e["ph"] == "M"}
-        self.assertEqual(names, {"device stream", "copy D2H", "copy H2D", "CPU attention"})
+        tracks = {e["tid"]: e["args"]["name"] for e in events if e["ph"] == "M"}
+        stage_tracks = {"device stream", "copy D2H", "copy H2D", "CPU attention"}
+        self.assertTrue(stage_tracks <= set(tracks.values()), tracks)
+        # a track per CPU thread of the attention team (2 on this machine's default), with the
+        # decode and prefill kernels' shares, inside their attend stage
+        threads = {tid for tid, name in tracks.items() if name.startswith("CPU thread ")}
+        self.assertEqual(set(tracks.values()) - stage_tracks, {tracks[t] for t in threads})
+        self.assertGreaterEqual(len(threads), 1)
+        stage_slices = [e for e in events if e["ph"] == "X" and e["tid"] not in threads]
+        thread_slices = [e for e in events if e["ph"] == "X" and e["tid"] in threads]
+        self.assertEqual({e["name"] for e in thread_slices}, {"decode", "prefill"})
+        attend = {(e["args"]["step"], e["args"]["layer"], e["args"]["sub_batch"]): e
+                  for e in stage_slices if e["name"] == "attend"}
+        for e in thread_slices:
+            a = attend[(e["args"]["step"], e["args"]["layer"], e["args"]["sub_batch"])]
+            self.assertTrue(a["ts"] - 1 <= e["ts"] and e["ts"] + e["dur"] <= a["ts"] + a["dur"] + 1, (e, a))
+        slices = stage_slices
         self.assertEqual({e["name"] for e in slices}, {"pre", "down", "attend", "up", "post"})
         self.assertEqual(len({e["args"]["step"] for e in slices}), steps)
         self.assertEqual({e["args"]["layer"] for e in slices}, set(range(30)))  # SmolLM2's 30 layers
