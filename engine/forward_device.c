@@ -532,7 +532,10 @@ static int32_t order_and_split(td_fwd_dev *f, const td_kv_cache *dkv, const td_k
         total += (double)h[i].n_tokens * (h[i].pos + h[i].n_tokens + 64.0);
     int32_t cut = n_host; /* host sequences [0, cut) go to sub-batch 0 */
     if (n_host >= 2) {
-        cut = n_dev > 0 ? 0 : 1; /* with device work, sub-batch 0 may hold no host sequence */
+        /* with device work, sub-batch 0 may hold no host sequence */
+        cut = n_dev > 0 ? 0 : 1;
+        if (cut)
+            part = (double)h[0].n_tokens * (h[0].pos + h[0].n_tokens + 64.0);
         for (; cut < n_host - 1; cut++) {
             const double c = (double)h[cut].n_tokens * (h[cut].pos + h[cut].n_tokens + 64.0);
             if (part + c / 2 >= total / 2)

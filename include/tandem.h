@@ -278,6 +278,61 @@ typedef struct tandem_stats {
 
 TANDEM_API tandem_status tandem_engine_stats(tandem_engine *e, tandem_stats *out);
 
+/* ---- hardware profile and placement plans (offload/) -------------------- */
+
+/* tandem_tune: measures this machine (the device, the link, the CPU's
+ * attention) with micro-benchmarks and writes a hardware profile, the JSON
+ * the cost model reads (offload/profile.h). Seconds, not minutes. */
+typedef struct tandem_tune_config {
+    size_t struct_size;    /* sizeof(tandem_tune_config), set by tandem_tune_config_init */
+    tandem_device device;  /* AUTO: a CUDA GPU, else the emulated device */
+    const char *emu_gpu;   /* device EMU: the GPU preset whose times it takes (timed mode); NULL: "H100-PCIe" */
+    const char *emu_link;  /* device EMU: the link preset; NULL: "pcie5-x16" */
+    int threads;           /* the CPU attention's most threads; 0: all the cores OpenMP sees */
+    const char *model_path; /* its layers' GEMM shapes are measured too; NULL: generic shapes only */
+    /* Called as each stage starts and ends (fraction 0..1 of the whole);
+     * NULL: silent. */
+    void (*progress)(void *user, const char *stage, double fraction);
+    void *user;
+} tandem_tune_config;
+
+TANDEM_API void tandem_tune_config_init(tandem_tune_config *c);
+/* Writes the profile to out_path. On failure err (err_cap bytes, may be
+ * NULL) holds the message. */
+TANDEM_API tandem_status tandem_tune(const tandem_tune_config *c, const char *out_path, char *err, size_t err_cap);
+
+/* tandem_plan: the cost model's prediction for B sequences of ctx cached
+ * tokens decoding on a profile's machine: tokens/s of each mode and the
+ * plan it would choose. */
+typedef struct tandem_plan_query {
+    size_t struct_size;      /* sizeof(tandem_plan_query), set by tandem_plan_query_init */
+    const char *profile;     /* a profile file (tandem_tune), or a preset name ("A10G", "T4", "H100-PCIe", ...) */
+    const char *model_path;  /* GGUF: only its shapes are read; NULL: the default model */
+    int batch;               /* sequences decoding together, >= 1 */
+    int ctx;                 /* tokens each has cached, >= 1 */
+    size_t gpu_mem_bytes;    /* device memory for weights, workspace and KV; 0: the profile's */
+    size_t host_kv_bytes;    /* host memory for KV; 0: 90% of the profile's host memory */
+    int host_seqs;           /* -1: search; else evaluate this many sequences on the CPU (hybrid) */
+} tandem_plan_query;
+
+typedef struct tandem_plan_result {
+    size_t struct_size;
+    /* device: the batch capped by the device's KV room (device_batch) */
+    double device_tok_s;
+    int device_batch;
+    double cpu_attn_tok_s; /* every sequence's KV on the host (0: they do not fit there) */
+    double hybrid_tok_s;   /* the best split (or host_seqs' when asked) */
+    int hybrid_host_seqs, hybrid_sub_batches;
+    tandem_mode chosen; /* the mode with the most tokens/s */
+    double chosen_tok_s;
+    /* the chosen plan's predicted step and busy times */
+    double step_seconds, device_busy_seconds, link_busy_seconds, cpu_busy_seconds;
+    double search_seconds; /* what the search itself took */
+} tandem_plan_result;
+
+TANDEM_API void tandem_plan_query_init(tandem_plan_query *q);
+TANDEM_API tandem_status tandem_plan(const tandem_plan_query *q, tandem_plan_result *out, char *err, size_t err_cap);
+
 #ifdef __cplusplus
 }
 #endif
