@@ -29,4 +29,7 @@ double td_probe_bf16dot_gflops(int n_threads);
  * 0 if it cannot run. */
 double td_probe_gemm_bf16_gflops(int n, int n_threads, double min_seconds);
 
+/* The CPU's name ("model name" of /proc/cpuinfo), or "unknown CPU". */
+void td_probe_cpu_name(char *out, size_t n);
+
 #endif /* TD_OFFLOAD_HWPROBE_H */
