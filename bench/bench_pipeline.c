@@ -2,22 +2,32 @@
  * emulated device in timed mode (a real GPU's speed per op, a PCIe link's
  * per copy) with the CPU attention real.
  *
- *   bench_pipeline [--model FILE] [--gpu NAME] [--link NAME] [--config BxL,...] [--steps N]
- *                  [--threads N] [--trace FILE] [--jsonl FILE]
+ *   bench_pipeline [--model FILE] [--gpu NAME] [--link NAME] [--gpu-mem SIZE] [--config BxL,...]
+ *                  [--steps N] [--threads N] [--profile P] [--trace FILE] [--jsonl FILE]
  *
- * For each config, B sequences whose caches hold L tokens decode --steps
- * tokens each, one step of B tokens at a time, in mode device (KV and
- * attention on the device), mode cpu-attn (KV in host memory, attention
- * on the CPU, two sub-batches overlapped with the device's linear layers
- * and the copies) and mode hybrid with half the sequences in each pool
- * (the device-placed ones attend in sub-batch 0's device work). The cached K/V are zeros (the cost of attention does
- * not depend on the values) and the device computes nothing (timed mode):
- * this measures time, not tokens.
+ * For each config, sequences whose caches hold L tokens decode --steps
+ * tokens each, one step at a time, in
  *
- * Printed per mode: tokens/s and ms per step; for cpu-attn the busy time
- * of the device, each copy direction and the CPU as a share of the step,
- * the overlap efficiency (busiest / step: 1 when the busiest resource never
- * waits) and step / busiest, the issue's target being <= 1.15. */
+ *   device     KV and attention on the device, as many of the B sequences
+ *              as the device's memory holds beside the weights (90% of
+ *              what they leave, as the engine sizes its pool);
+ *   cpu-attn   all B with KV in host memory, attention on the CPU, two
+ *              sub-batches overlapped with the device's linear layers and
+ *              the copies;
+ *   hybrid/1   the device's share as in mode device, the rest of B (half
+ *   hybrid/2   of B when all fit) on the CPU: in one sub-batch beside the
+ *              device's sequences (CPU attention under the device's own
+ *              attention) or in two (under the other sub-batch's work).
+ *
+ * The cached K/V are zeros (the cost of attention does not depend on the
+ * values) and the device computes nothing (timed mode): this measures
+ * time, not tokens. Printed per row: tokens/s, ms per step, each
+ * resource's busy share, overlap (busiest / step) and step / busiest (the
+ * issue's target <= 1.15); with --profile, the cost model's predicted step
+ * (offload/costmodel.h) and its error against the measured one. A profile
+ * measured on this machine by `tandem tune --device emu` with the same
+ * --emu-gpu and --emu-link is what the prediction should be checked with. */
+#include <math.h>
 #include <omp.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -29,13 +39,26 @@
 #include "engine/forward.h"
 #include "engine/model.h"
 #include "gpu/device.h"
+#include "offload/costmodel.h"
 
 #define DEFAULT_MODEL "models/SmolLM2-135M-Instruct.Q4_1.gguf"
 
 typedef struct options {
-    const char *model, *gpu, *link, *trace, *jsonl;
+    const char *model, *gpu, *link, *trace, *jsonl, *profile;
+    size_t gpu_mem;
     int batch[16], ctx[16], n_configs, steps, threads;
 } options;
+
+/* "24G", "512M" -> bytes */
+static int parse_size(const char *s, size_t *out) {
+    char *end;
+    double v = strtod(s, &end);
+    double mul = *end == 'G' || *end == 'g' ? 1 << 30 : *end == 'M' || *end == 'm' ? 1 << 20 : 1;
+    if (!(v > 0) || (mul > 1 && end[1]) || (mul == 1 && *end))
+        return 0;
+    *out = (size_t)(v * mul);
+    return 1;
+}
 
 static int parse_configs(const char *s, options *o) {
     char buf[256];
@@ -72,14 +95,18 @@ static int parse(int argc, char **argv, options *o) {
             o->trace = v;
         else if (!strcmp(a, "--jsonl"))
             o->jsonl = v;
+        else if (!strcmp(a, "--profile"))
+            o->profile = v;
+        else if (!strcmp(a, "--gpu-mem") && parse_size(v, &o->gpu_mem))
+            ;
         else {
             fprintf(stderr, "bench_pipeline: bad option %s %s\n", a, v);
             return -1;
         }
     }
     if (argc % 2 == 0) {
-        fprintf(stderr, "usage: bench_pipeline [--model FILE] [--gpu NAME] [--link NAME] [--config BxL,...] "
-                        "[--steps N] [--threads N] [--trace FILE] [--jsonl FILE]\n");
+        fprintf(stderr, "usage: bench_pipeline [--model FILE] [--gpu NAME] [--link NAME] [--gpu-mem SIZE] "
+                        "[--config BxL,...] [--steps N] [--threads N] [--profile P] [--trace FILE] [--jsonl FILE]\n");
         return -1;
     }
     return 0;
@@ -95,14 +122,24 @@ typedef struct result {
     td_pipe_stats ps;
 } result;
 
-/* B sequences at L cached tokens, then `steps` decode steps. */
-static result run_mode(const options *o, const td_model *m, td_device *dev, td_attn_place place, int B, int L,
-                       FILE *trace) {
+/* Bytes of KV a sequence of L + steps tokens takes (whole blocks of 16). */
+static size_t seq_kv_bytes(const td_model *m, int tokens) {
     const td_llama_config *c = &m->cfg;
+    return ((size_t)(tokens + 15) / 16 + 1) * 16 * (size_t)c->n_layers * c->n_kv_heads * c->head_dim * 2 * 2;
+}
+
+/* n_dev sequences with KV on the device and n_host on the host, at L
+ * cached tokens, then `steps` decode steps; n_sub forces the pipelined
+ * steps' sub-batches (0: the forward's choice). */
+static result run_mode(const options *o, const td_model *m, td_device *dev, td_attn_place place, int n_dev, int n_host,
+                       int n_sub, int L, FILE *trace) {
+    const td_llama_config *c = &m->cfg;
+    const int B = n_dev + n_host;
     td_error err;
     td_forward *fw = NULL;
     if (td_forward_create_on_device(m, dev, place, B, o->threads, &fw, &err))
         die("forward", &err);
+    td_forward_set_sub_batches(fw, n_sub);
     td_kv_config kc = {.n_layers = c->n_layers,
                        .n_kv_heads = c->n_kv_heads,
                        .head_dim = c->head_dim,
@@ -110,25 +147,27 @@ static result run_mode(const options *o, const td_model *m, td_device *dev, td_a
                        .max_seqs = B,
                        .max_seq_tokens = L + o->steps + 1,
                        .n_threads = o->threads};
-    const size_t per_seq =
-        ((size_t)(L + o->steps + 16) / 16 + 1) * 16 * (size_t)c->n_layers * c->n_kv_heads * c->head_dim * 2 * 2;
-    kc.budget_bytes = per_seq * (size_t)B;
+    const size_t per_seq = seq_kv_bytes(m, L + o->steps);
     void *pool = NULL;
-    td_kv_cache *hkv = NULL; /* hybrid: the odd sequences' pool */
-    if (place == TD_ATTN_HYBRID && td_kv_create(&kc, &hkv, &err))
-        die("host KV cache", &err);
-    if (place != TD_ATTN_ON_CPU) {
+    td_kv_cache *kv = NULL, *hkv = NULL;
+    if (n_host > 0) {
+        kc.budget_bytes = per_seq * (size_t)n_host;
+        if (td_kv_create(&kc, &hkv, &err))
+            die("host KV cache", &err);
+    }
+    if (n_dev > 0) {
+        kc.budget_bytes = per_seq * (size_t)n_dev;
         if (td_dev_alloc(dev, kc.budget_bytes, &pool, &err))
             die("device KV pool", &err);
         kc.pool = pool;
+        if (td_kv_create(&kc, &kv, &err))
+            die("device KV cache", &err);
     }
-    td_kv_cache *kv = NULL;
-    if (td_kv_create(&kc, &kv, &err))
-        die("KV cache", &err);
     int32_t *tok = calloc((size_t)B, sizeof *tok);
     td_fwd_seq *seqs = calloc((size_t)B, sizeof *seqs);
     for (int i = 0; i < B; i++) {
-        td_kv_cache *pool_i = hkv && i % 2 ? hkv : kv;
+        const bool host = i >= n_dev;
+        td_kv_cache *pool_i = host ? hkv : kv;
         if (td_kv_seq_new(pool_i, &seqs[i].kv_seq, &err) || td_kv_seq_grow(pool_i, seqs[i].kv_seq, L - 1, &err))
             die("sequence", &err);
         tok[i] = 1 + i;
@@ -137,7 +176,7 @@ static result run_mode(const options *o, const td_model *m, td_device *dev, td_a
                                .n_tokens = 1,
                                .tokens = &tok[i],
                                .logits = TD_LOGITS_LAST,
-                               .on_host = hkv && i % 2};
+                               .on_host = host};
     }
     td_pipe *p = td_forward_pipe(fw);
     result r = {0};
@@ -155,8 +194,10 @@ static result run_mode(const options *o, const td_model *m, td_device *dev, td_a
                 die("grow", &err);
         float *logits;
         int32_t rows;
-        if (hkv ? td_forward_step_hybrid(fw, kv, hkv, seqs, B, &logits, &rows, &err)
-                : td_forward_step(fw, kv, seqs, B, &logits, &rows, &err))
+        const tandem_status st = place == TD_ATTN_HYBRID
+                                     ? td_forward_step_hybrid(fw, kv, hkv, seqs, B, &logits, &rows, &err)
+                                     : td_forward_step(fw, kv ? kv : hkv, seqs, B, &logits, &rows, &err);
+        if (st)
             die("step", &err);
         for (int i = 0; i < B; i++)
             seqs[i].pos++;
@@ -182,6 +223,19 @@ static result run_mode(const options *o, const td_model *m, td_device *dev, td_a
     return r;
 }
 
+/* The sequences of L tokens the device's memory holds beside the weights
+ * and a B-token workspace: 90% of what they leave, as the engine's pool. */
+static int device_room(const options *o, const td_model *m, td_device *dev, int B, int L) {
+    td_error err;
+    td_forward *fw = NULL;
+    if (td_forward_create_on_device(m, dev, TD_ATTN_ON_DEVICE, B, o->threads, &fw, &err))
+        die("forward (the weights do not fit the device?)", &err);
+    const double left = (double)dev->info.mem_total - (double)td_dev_mem_used(dev);
+    td_forward_destroy(fw);
+    const double n = floor(0.9 * left / (double)seq_kv_bytes(m, L + o->steps));
+    return n < 0 ? 0 : n > B ? B : (int)n;
+}
+
 int main(int argc, char **argv) {
     options o;
     if (parse(argc, argv, &o))
@@ -196,10 +250,14 @@ int main(int argc, char **argv) {
     dc.emu_mode = TD_EMU_TIMED;
     dc.gpu = td_gpu_model_find(o.gpu);
     dc.link = td_link_model_find(o.link);
+    dc.emu_mem_bytes = o.gpu_mem;
     if (!dc.gpu || !dc.link) {
         fprintf(stderr, "bench_pipeline: unknown --gpu %s or --link %s (docs/DEVICE-MODELS.md)\n", o.gpu, o.link);
         return 1;
     }
+    td_profile *prof = NULL;
+    if (o.profile && td_profile_open(o.profile, &prof, &err))
+        die("profile", &err);
     td_device *dev = NULL;
     if (td_device_open(&dc, &dev, &err))
         die("device", &err);
@@ -209,26 +267,58 @@ int main(int argc, char **argv) {
     td_model *m = NULL;
     if (td_model_load(o.model, &mo, &m, &err))
         die("model (run scripts/fetch-model)", &err);
+    const td_llama_config *c = &m->cfg;
+    const td_cost_shape shape = {.n_layers = c->n_layers,
+                                 .n_embd = c->n_embd,
+                                 .n_heads = c->n_heads,
+                                 .n_kv_heads = c->n_kv_heads,
+                                 .head_dim = c->head_dim,
+                                 .n_ff = c->n_ff,
+                                 .n_vocab = c->n_vocab};
     FILE *trace = o.trace ? fopen(o.trace, "w") : NULL, *js = o.jsonl ? fopen(o.jsonl, "w") : NULL;
     char cpu[256];
     td_bench_cpu_model(cpu, sizeof cpu);
-    printf("bench_pipeline: %s, %s; CPU attention on %s, %d threads; %d decode steps\n", dev->info.name, o.model, cpu,
-           o.threads, o.steps);
-    printf("%6s %6s  %-8s %9s %9s %7s %6s %6s %6s %8s %10s\n", "batch", "ctx", "mode", "tok/s", "ms/step", "device",
-           "D2H", "H2D", "CPU", "overlap", "step/busy");
+    printf("bench_pipeline: %s (%.1f GB), %s; CPU attention on %s, %d threads; %d decode steps%s%s\n", dev->info.name,
+           dev->info.mem_total / 1e9, o.model, cpu, o.threads, o.steps, prof ? "; profile " : "",
+           prof ? o.profile : "");
+    printf("%6s %6s  %-9s %5s %5s %9s %9s %7s %6s %6s %6s %8s %10s", "batch", "ctx", "mode", "dev", "host", "tok/s",
+           "ms/step", "device", "D2H", "H2D", "CPU", "overlap", "step/busy");
+    if (prof)
+        printf(" %10s %7s", "predicted", "error");
+    printf("\n");
     for (int k = 0; k < o.n_configs; k++) {
         const int B = o.batch[k];
         int L = o.ctx[k];
-        if (L + o.steps + 1 > m->cfg.n_ctx) { /* the steps must fit the context */
-            L = m->cfg.n_ctx - o.steps - 1;
-            printf("(ctx %d: %d, so that %d steps fit the model's context of %d)\n", o.ctx[k], L, o.steps,
-                   m->cfg.n_ctx);
+        if (L + o.steps + 1 > c->n_ctx) { /* the steps must fit the context */
+            L = c->n_ctx - o.steps - 1;
+            printf("(ctx %d: %d, so that %d steps fit the model's context of %d)\n", o.ctx[k], L, o.steps, c->n_ctx);
         }
-        for (int place = TD_ATTN_ON_DEVICE; place <= TD_ATTN_HYBRID; place++) {
-            result r =
-                run_mode(&o, m, dev, (td_attn_place)place, B, L, place == TD_ATTN_ON_CPU && k == 0 ? trace : NULL);
-            const char *name = place == TD_ATTN_ON_CPU ? "cpu-attn" : place == TD_ATTN_HYBRID ? "hybrid" : "device";
-            printf("%6d %6d  %-8s %9.0f %9.2f", B, L, name, B / r.step_s, r.step_s * 1e3);
+        const int room = device_room(&o, m, dev, B, L);
+        /* hybrid: the device's share as in mode device, the rest on the
+         * host; half each when all fit */
+        const int hy_dev = room < B ? room : B / 2;
+        static const struct {
+            const char *name;
+            td_attn_place place;
+            int sub;
+        } rows[] = {{"device", TD_ATTN_ON_DEVICE, 0},
+                    {"cpu-attn", TD_ATTN_ON_CPU, 0},
+                    {"hybrid/1", TD_ATTN_HYBRID, 1},
+                    {"hybrid/2", TD_ATTN_HYBRID, 2}};
+        for (size_t row = 0; row < sizeof rows / sizeof rows[0]; row++) {
+            const int n_dev = rows[row].place == TD_ATTN_ON_DEVICE ? room
+                              : rows[row].place == TD_ATTN_ON_CPU  ? 0
+                                                                   : hy_dev;
+            const int n_host = rows[row].place == TD_ATTN_ON_DEVICE ? 0 : B - n_dev;
+            if (n_dev + n_host == 0 || (rows[row].place == TD_ATTN_HYBRID && (n_dev == 0 || n_host == 0))) {
+                printf("%6d %6d  %-9s (no room on the device for a sequence)\n", B, L, rows[row].name);
+                continue;
+            }
+            result r = run_mode(&o, m, dev, rows[row].place, n_dev, n_host, rows[row].sub, L,
+                                rows[row].place == TD_ATTN_ON_CPU && k == 0 ? trace : NULL);
+            const int n = n_dev + n_host;
+            printf("%6d %6d  %-9s %5d %5d %9.0f %9.2f", B, L, rows[row].name, n_dev, n_host, n / r.step_s,
+                   r.step_s * 1e3);
             double busiest = 0, step = r.ps.step > 0 ? r.ps.step : 1;
             if (r.ps.steps > 0) {
                 const double b[4] = {r.ps.device, r.ps.d2h, r.ps.h2d, r.ps.cpu};
@@ -236,23 +326,37 @@ int main(int argc, char **argv) {
                     busiest = b[i] > busiest ? b[i] : busiest;
                 printf(" %6.0f%% %5.0f%% %5.0f%% %5.0f%% %8.2f %10.2f", 100 * r.ps.device / step, 100 * r.ps.d2h / step,
                        100 * r.ps.h2d / step, 100 * r.ps.cpu / step, busiest / step, step / busiest);
+            } else
+                printf(" %7s %6s %6s %6s %8s %10s", "", "", "", "", "", "");
+            double pred = 0;
+            if (prof) {
+                td_cost_batch cb = {.batch = n,
+                                    .ctx = L + o.steps / 2,
+                                    .n_host = n_host,
+                                    .threads = o.threads,
+                                    .host_in_first = -1,
+                                    .n_sub = rows[row].sub};
+                pred = td_cost_predict(prof, &shape, &cb).step;
+                printf(" %10.2f %+6.1f%%", pred * 1e3, 100 * (pred - r.step_s) / r.step_s);
             }
             printf("\n");
             fflush(stdout);
             if (js)
-                fprintf(
-                    js,
-                    "{\"bench\":\"pipeline\",\"gpu\":\"%s\",\"link\":\"%s\",\"batch\":%d,\"ctx\":%d,\"mode\":\"%s\","
-                    "\"tok_s\":%.1f,\"step_ms\":%.3f,\"device\":%.4f,\"d2h\":%.4f,\"h2d\":%.4f,\"cpu\":%.4f,"
-                    "\"overlap\":%.4f}\n",
-                    o.gpu, o.link, B, L, name, B / r.step_s, r.step_s * 1e3, r.ps.device / step, r.ps.d2h / step,
-                    r.ps.h2d / step, r.ps.cpu / step, r.ps.steps ? busiest / step : 0.0);
+                fprintf(js,
+                        "{\"bench\":\"pipeline\",\"gpu\":\"%s\",\"link\":\"%s\",\"gpu_mem\":%zu,\"batch\":%d,"
+                        "\"ctx\":%d,\"mode\":\"%s\",\"dev\":%d,\"host\":%d,\"tok_s\":%.1f,\"step_ms\":%.3f,"
+                        "\"device\":%.4f,\"d2h\":%.4f,\"h2d\":%.4f,\"cpu\":%.4f,\"overlap\":%.4f,"
+                        "\"predicted_ms\":%.3f}\n",
+                        o.gpu, o.link, dev->info.mem_total, B, L, rows[row].name, n_dev, n_host, n / r.step_s,
+                        r.step_s * 1e3, r.ps.device / step, r.ps.d2h / step, r.ps.h2d / step, r.ps.cpu / step,
+                        r.ps.steps ? busiest / step : 0.0, pred * 1e3);
         }
     }
     if (trace)
         fclose(trace);
     if (js)
         fclose(js);
+    td_profile_free(prof);
     td_model_free(m);
     td_device_close(dev);
     return 0;

@@ -9,6 +9,7 @@
 #include <unistd.h>
 
 #include "cpu/kv_cache.h"
+#include "engine/api_util.h"
 #include "engine/chat_template.h"
 #include "engine/forward.h"
 #include "engine/generate.h"
@@ -16,6 +17,7 @@
 #include "engine/scheduler.h"
 #include "engine/tokenizer.h"
 #include "gpu/device.h"
+#include "offload/profile.h"
 #include "tandem.h"
 
 #ifndef TANDEM_DEFAULT_MODEL
@@ -33,7 +35,8 @@ struct tandem_engine {
     td_device *dev; /* NULL: the CPU */
     void *kv_pool;  /* the KV pool in dev's memory */
     td_kv_cache *kv;
-    td_kv_cache *hkv; /* mode hybrid: the host's pool (kv is the device's) */
+    td_kv_cache *hkv;    /* mode hybrid: the host's pool (kv is the device's) */
+    td_profile *profile; /* config.profile, which fw plans with */
     td_forward *fw;
     char where[TD_ERROR_MSG_MAX + 64]; /* tandem_engine_device */
     FILE *trace;                       /* config.trace_path, while the engine is open */
@@ -232,12 +235,20 @@ static tandem_status open_parts(tandem_engine *e) {
             return keep(e, st);
         const size_t left = e->dev->info.mem_total - td_dev_mem_used(e->dev), room = left / 10 * 9;
         if (c->mode == TANDEM_MODE_AUTO && explicit_budget && kc.budget_bytes > room) {
-            /* the simple rule until the cost model: a cache the device cannot hold stays on the host */
+            /* a cache the device cannot hold: what fits there attends there,
+             * the rest on the CPU (and the cost model, given a profile,
+             * splits each step) */
             td_forward_destroy(e->fw);
             e->fw = NULL;
-            place = TD_ATTN_ON_CPU;
+            place = TD_ATTN_HYBRID;
             if ((st = td_forward_create_on_device(e->model, e->dev, place, max_tokens, c->threads, &e->fw, err)))
                 return keep(e, st);
+        }
+        if (c->profile) {
+            if ((st = td_profile_open(c->profile, &e->profile, err)))
+                return keep(e, st);
+            td_forward_set_profile(e->fw, e->profile);
+            sc.profile = e->profile;
         }
         if (place == TD_ATTN_HYBRID) {
             /* the host's pool is the budget; the device's what is asked or what is left */
@@ -276,6 +287,13 @@ static tandem_status open_parts(tandem_engine *e) {
     return TANDEM_OK;
 }
 
+const char *td_api_model_path(const char *given) {
+    const char *path = given;
+    if (!path)
+        path = getenv("TANDEM_MODEL");
+    return path && *path ? path : TANDEM_DEFAULT_MODEL;
+}
+
 tandem_status tandem_engine_open(const tandem_config *c, tandem_engine **out) {
     *out = NULL;
     tandem_engine *e = calloc(1, sizeof *e);
@@ -288,13 +306,7 @@ tandem_status tandem_engine_open(const tandem_config *c, tandem_engine **out) {
         size_t n = c->struct_size < sizeof e->cfg ? c->struct_size : sizeof e->cfg;
         memcpy(&e->cfg, c, n);
     }
-    /* the path as given, or the environment's, or the default model */
-    const char *path = e->cfg.model_path;
-    if (!path)
-        path = getenv("TANDEM_MODEL");
-    if (!path || !*path)
-        path = TANDEM_DEFAULT_MODEL;
-    e->cfg.model_path = strdup(path);
+    e->cfg.model_path = strdup(td_api_model_path(e->cfg.model_path));
     if (!e->cfg.model_path)
         return fail(e, TANDEM_ERR_OUT_OF_MEMORY, "out of memory");
     return open_parts(e);
@@ -318,6 +330,7 @@ void tandem_engine_close(tandem_engine *e) {
         fclose(e->trace);
     }
     td_forward_destroy(e->fw);
+    td_profile_free(e->profile);
     td_kv_destroy(e->kv);
     td_kv_destroy(e->hkv);
     if (e->dev) {
@@ -600,6 +613,7 @@ tandem_status tandem_engine_stats(tandem_engine *e, tandem_stats *out) {
     o->kv_moves_to_host = (uint64_t)s->moves_to_host;
     o->kv_moves_to_device = (uint64_t)s->moves_to_device;
     o->kv_moved_bytes = (uint64_t)s->moved_bytes;
+    o->host_decodes_held = (uint64_t)s->host_waits;
     o->steps = (uint64_t)s->steps;
     o->run_seconds = s->seconds;
     o->forward_seconds = s->forward_seconds;

@@ -141,6 +141,7 @@ const td_fwd_stats *td_forward_stats(const td_forward *f) { return &f->stats; }
 td_pipe *td_forward_pipe(td_forward *f) { return f->dev ? td_fwd_dev_pipe(f->dev) : NULL; }
 const td_model *td_forward_model(const td_forward *f) { return f->m; }
 int32_t td_forward_max_tokens(const td_forward *f) { return f->max_tokens; }
+int td_forward_threads(const td_forward *f) { return f->n_threads; }
 void td_forward_reset_stats(td_forward *f) { memset(&f->stats, 0, sizeof f->stats); }
 
 /* Checks the batch against the model, the cache and the workspace; returns
@@ -456,4 +457,14 @@ tandem_status td_forward_move_kv(td_forward *f, td_kv_cache *dkv, td_kv_cache *h
         return td_fail(err, TANDEM_ERR_INVALID_ARGUMENT,
                        "forward: moving KV needs a forward pass created for hybrid and both caches");
     return td_fwd_dev_move_kv(f->dev, dkv, hkv, moves, n, bytes, err);
+}
+
+void td_forward_set_profile(td_forward *f, const td_profile *p) {
+    if (f->dev)
+        td_fwd_dev_set_plan(f->dev, p, -1);
+}
+
+void td_forward_set_sub_batches(td_forward *f, int32_t n) {
+    if (f->dev)
+        td_fwd_dev_set_plan(f->dev, NULL, n);
 }

@@ -33,6 +33,7 @@
 #include "cpu/kv_cache.h"
 #include "engine/model.h"
 #include "gpu/device.h"
+#include "offload/profile.h"
 #include "pipeline/pipeline.h"
 
 typedef enum td_logits_mode {
@@ -115,6 +116,18 @@ typedef struct td_kv_move {
 tandem_status td_forward_move_kv(td_forward *f, td_kv_cache *dkv, td_kv_cache *hkv, const td_kv_move *moves, int32_t n,
                                  size_t *bytes, td_error *err);
 
+/* The hardware profile (offload/profile.h; borrowed, NULL for none) the
+ * pipelined placements plan each step's sub-batches with: the cost model
+ * (offload/costmodel.h) predicts the step with the host sequences split in
+ * two sub-batches (each one's CPU attention under the other's device work,
+ * at the price of a second pass over the weights) and with one (the CPU
+ * attention under the device's own attention only), and the faster is
+ * run. With no profile, two whenever there are two host sequences. */
+void td_forward_set_profile(td_forward *f, const td_profile *p);
+/* Forces the pipelined steps' sub-batch count: 1 or 2; 0 lets the plan
+ * choose (benchmarks compare the two). */
+void td_forward_set_sub_batches(td_forward *f, int32_t n);
+
 /* The pipeline of a TD_ATTN_ON_CPU or TD_ATTN_HYBRID forward pass (its
  * stats, its trace); NULL for the others. */
 td_pipe *td_forward_pipe(td_forward *f);
@@ -130,6 +143,7 @@ tandem_status td_forward_step(td_forward *f, td_kv_cache *kv, const td_fwd_seq *
 const td_fwd_stats *td_forward_stats(const td_forward *f);
 const td_model *td_forward_model(const td_forward *f);
 int32_t td_forward_max_tokens(const td_forward *f);
+int td_forward_threads(const td_forward *f); /* the OpenMP team of its steps (and its CPU attention) */
 void td_forward_reset_stats(td_forward *f);
 
 #endif /* TD_ENGINE_FORWARD_H */

@@ -6,6 +6,7 @@
 #include <string.h>
 
 #include "cpu/attention.h"
+#include "offload/costmodel.h"
 
 /* Rows per FFN block: the host path's (engine/forward.c), so that a GEMM
  * sees the same row counts on both. */
@@ -64,6 +65,9 @@ struct td_fwd_dev {
     const struct step_meta *sm;
     int32_t pos_off; /* meta offset of the positions */
     sub_batch sb[TD_PIPE_MAX_SUB];
+    /* planning the sub-batches (td_fwd_dev_set_plan) */
+    const td_profile *profile;
+    int32_t force_sub;
 };
 
 static void free_weights(td_fwd_dev *f) {
@@ -137,7 +141,11 @@ static tandem_status upload_weights(td_fwd_dev *f, td_error *err) {
     }
     if (most < EMBED_CHUNK * E * 2) /* the buffer also stages embedding rows (f32) */
         most = EMBED_CHUNK * E * 2;
-    uint16_t *buf = malloc((size_t)most * sizeof *buf);
+    /* A timed device computes nothing: its weights and embedding need no
+     * values, and dequantizing an 8B model's would take most of a
+     * benchmark's time. */
+    const bool timed = f->dev->info.timed;
+    uint16_t *buf = calloc((size_t)most, sizeof *buf);
     int32_t *ids = malloc(EMBED_CHUNK * sizeof *ids);
     f->layers = calloc((size_t)c->n_layers, sizeof *f->layers);
     tandem_status st = TANDEM_OK;
@@ -149,7 +157,7 @@ static tandem_status upload_weights(td_fwd_dev *f, td_error *err) {
     do {                                                                                                               \
         int64_t n_, k_;                                                                                                \
         td_model_matrix_shape(m, which, &n_, &k_);                                                                     \
-        if ((st = td_model_matrix(m, layer, which, buf, err)) ||                                                       \
+        if ((!timed && (st = td_model_matrix(m, layer, which, buf, err))) ||                                           \
             (st = td_dev_weights_create(f->dev, n_, k_, buf, out, err)))                                               \
             goto done;                                                                                                 \
     } while (0)
@@ -169,7 +177,7 @@ static tandem_status upload_weights(td_fwd_dev *f, td_error *err) {
         (st = upload(f, m->inv_freq, (size_t)(c->rope_dim / 2) * sizeof(double), (void **)&f->inv_freq, err)) ||
         (st = td_dev_alloc(f->dev, (size_t)V * (size_t)E * 4, (void **)&f->tok_embd, err)))
         goto done;
-    for (int64_t r0 = 0; r0 < V; r0 += EMBED_CHUNK) {
+    for (int64_t r0 = 0; r0 < V && !timed; r0 += EMBED_CHUNK) {
         const int64_t n = V - r0 < EMBED_CHUNK ? V - r0 : EMBED_CHUNK;
         for (int64_t i = 0; i < n; i++)
             ids[i] = (int32_t)(r0 + i);
@@ -415,19 +423,23 @@ static tandem_status stage_pre(void *ctx, int32_t b, int32_t l, td_stream *s, td
                              err)) ||
         (st = td_dev_linear(f->dev, s, L->wqkv, n, f->h, E, f->qkv + t0 * W, W, false, err)))
         return st;
-    if ((st = td_dev_rope(f->dev, s, n, f->qkv + t0 * W, W, c->n_heads + c->n_kv_heads, c->head_dim, c->rope_dim,
-                          f->meta + f->pos_off + t0, f->inv_freq, err)))
-        return st;
+    return td_dev_rope(f->dev, s, n, f->qkv + t0 * W, W, c->n_heads + c->n_kv_heads, c->head_dim, c->rope_dim,
+                       f->meta + f->pos_off + t0, f->inv_freq, err);
+}
+
+/* The sequences whose KV is on the device (all in sub-batch 0) attend
+ * there, straight into the attention output, while the CPU attends the
+ * sub-batch's host rows. */
+static tandem_status stage_dattn(void *ctx, int32_t b, int32_t l, td_stream *s, td_error *err) {
+    td_fwd_dev *f = ctx;
     if (b > 0 || f->n_dev == 0)
         return TANDEM_OK;
-    /* the sequences whose KV is on the device (all in sub-batch 0) attend
-     * there, straight into the attention output */
-    const int64_t Q = (int64_t)c->n_heads * c->head_dim, KV = (int64_t)c->n_kv_heads * c->head_dim;
+    const td_llama_config *c = &f->m->cfg;
+    const int64_t Q = (int64_t)c->n_heads * c->head_dim, KV = (int64_t)c->n_kv_heads * c->head_dim, W = Q + 2 * KV;
     const struct step_meta *sm = f->sm;
-    if ((st = td_dev_kv_append(f->dev, s, &f->dkv, l, f->t_dev, f->qkv + Q, W, f->qkv + Q + KV, W, f->meta + sm->slots,
-                               err)))
-        return st;
-    return device_attention(f, s, &f->dkv, l, sm, f->ao, err);
+    tandem_status st =
+        td_dev_kv_append(f->dev, s, &f->dkv, l, f->t_dev, f->qkv + Q, W, f->qkv + Q + KV, W, f->meta + sm->slots, err);
+    return st ? st : device_attention(f, s, &f->dkv, l, sm, f->ao, err);
 }
 
 static tandem_status stage_down(void *ctx, int32_t b, int32_t l, td_stream *s, td_error *err) {
@@ -496,7 +508,46 @@ static tandem_status stage_post(void *ctx, int32_t b, int32_t l, td_stream *s, t
     return st;
 }
 
-static const td_pipe_stages cpu_attn_stages = {stage_pre, stage_down, stage_attend, stage_up, stage_post};
+static const td_pipe_stages cpu_attn_stages = {stage_pre, stage_down, stage_attend, stage_up, stage_post, NULL};
+static const td_pipe_stages hybrid_stages = {stage_pre, stage_down, stage_attend, stage_up, stage_post, stage_dattn};
+
+void td_fwd_dev_set_plan(td_fwd_dev *f, const td_profile *p, int32_t sub_batches) {
+    if (sub_batches < 0)
+        f->profile = p;
+    else
+        f->force_sub = sub_batches;
+}
+
+/* Whether the cost model predicts this step (f->order, its n_host host
+ * sequences last, cut of them in sub-batch 0) to be faster with every
+ * host sequence in one sub-batch beside the device's: CPU attention then
+ * hides only under the device's attention, but the device passes over the
+ * weights once instead of twice. The step is costed as a uniform decode
+ * batch of its mean context. */
+static bool one_sub_batch_is_faster(const td_fwd_dev *f, int32_t n_seqs, int32_t n_host, int32_t cut) {
+    if (!f->profile || cut >= n_host)
+        return false;
+    const td_llama_config *c = &f->m->cfg;
+    const td_cost_shape shape = {.n_layers = c->n_layers,
+                                 .n_embd = c->n_embd,
+                                 .n_heads = c->n_heads,
+                                 .n_kv_heads = c->n_kv_heads,
+                                 .head_dim = c->head_dim,
+                                 .n_ff = c->n_ff,
+                                 .n_vocab = c->n_vocab};
+    double ctx = 0;
+    for (int32_t i = 0; i < n_seqs; i++)
+        ctx += f->order[i].pos + f->order[i].n_tokens;
+    td_cost_batch b = {.batch = n_seqs,
+                       .ctx = (int32_t)(ctx / n_seqs + 0.5),
+                       .n_host = n_host,
+                       .threads = td_attn_threads(f->cpu_attn),
+                       .host_in_first = cut,
+                       .n_sub = 2};
+    const double two = td_cost_predict(f->profile, &shape, &b).step;
+    b.n_sub = 1;
+    return td_cost_predict(f->profile, &shape, &b).step < two;
+}
 
 /* Orders the step's sequences, those whose KV is on the device first
  * (all on the host without dkv, all on the device without hkv), and splits
@@ -543,6 +594,8 @@ static int32_t order_and_split(td_fwd_dev *f, const td_kv_cache *dkv, const td_k
             part += c;
         }
     }
+    if (n_host >= 1 && f->force_sub != 2 && (f->force_sub == 1 || one_sub_batch_is_faster(f, n_seqs, n_host, cut)))
+        cut = n_host;
     int32_t tokens = t, t_cut = t;
     for (int32_t i = 0; i < n_host; i++) {
         tokens += h[i].n_tokens;
@@ -591,7 +644,8 @@ tandem_status td_fwd_dev_step(td_fwd_dev *f, const td_kv_cache *dkv, td_kv_cache
         f->seqs = f->order;
         f->pos_off = sm.pos;
         f->sm = &sm;
-        if ((st = td_pipe_run(f->pipe, n_sub, c->n_layers, &cpu_attn_stages, f, err)))
+        if ((st = td_pipe_run(f->pipe, n_sub, c->n_layers,
+                              f->attn == TD_ATTN_HYBRID ? &hybrid_stages : &cpu_attn_stages, f, err)))
             goto sync;
     } else {
         for (int32_t l = 0; l < c->n_layers; l++)

@@ -39,6 +39,7 @@
 #include "cpu/attention.h"
 #include "engine/forward.h"
 #include "gpu/device.h"
+#include "offload/profile.h"
 #include "pipeline/pipeline.h"
 
 typedef struct td_fwd_dev td_fwd_dev;
@@ -80,6 +81,10 @@ void td_fwd_dev_host_free(td_fwd_dev *f, void *p);
 /* The pipeline of TD_ATTN_ON_CPU and TD_ATTN_HYBRID (NULL otherwise). */
 td_pipe *td_fwd_dev_pipe(td_fwd_dev *f);
 td_attn_place td_fwd_dev_place(const td_fwd_dev *f);
+
+/* The profile the pipelined steps plan with (p, when sub_batches is -1)
+ * or the forced sub-batch count (sub_batches 0, 1 or 2; p ignored). */
+void td_fwd_dev_set_plan(td_fwd_dev *f, const td_profile *p, int32_t sub_batches);
 
 /* Copies the blocks of moves (engine/forward.h, td_forward_move_kv) over
  * the pipeline's copy streams and waits for them. */

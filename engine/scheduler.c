@@ -5,6 +5,7 @@
 #include <string.h>
 
 #include "base/clock.h"
+#include "offload/costmodel.h"
 
 struct td_sched {
     td_forward *fw;
@@ -372,6 +373,68 @@ static tandem_status move_back(td_sched *s, td_error *err) {
     return n ? move(s, pick, n, true, err) : TANDEM_OK;
 }
 
+/* The most tokens/s the cost model predicts for a decode step of nd
+ * device-pool sequences and k of the nh host-pool ones, over k (and one or
+ * two sub-batches): the k that reaches it. */
+static int32_t best_host_count(const td_sched *s, int32_t nd, int32_t nh, double ctx) {
+    const td_llama_config *c = &td_forward_model(s->fw)->cfg;
+    const td_cost_shape shape = {.n_layers = c->n_layers,
+                                 .n_embd = c->n_embd,
+                                 .n_heads = c->n_heads,
+                                 .n_kv_heads = c->n_kv_heads,
+                                 .head_dim = c->head_dim,
+                                 .n_ff = c->n_ff,
+                                 .n_vocab = c->n_vocab};
+    int32_t best = nh;
+    double best_rate = 0;
+    /* at most ~64 candidates: the rate is smooth in k */
+    const int32_t stride = nh > 64 ? (nh + 63) / 64 : 1;
+    for (int32_t k = nh; k >= 0; k = k > stride || k == 0 ? k - stride : 0) {
+        if (nd + k == 0)
+            break;
+        for (int32_t sub = 1; sub <= (k >= 2 ? 2 : 1); sub++) {
+            td_cost_batch b = {.batch = nd + k,
+                               .ctx = (int32_t)(ctx + 0.5),
+                               .n_host = k,
+                               .threads = td_forward_threads(s->fw),
+                               .host_in_first = -1,
+                               .n_sub = sub};
+            const double rate = (nd + k) / td_cost_predict(s->c.profile, &shape, &b).step;
+            if (rate > best_rate * (1 + 1e-9)) /* ties go to more sequences: k runs down */
+                best_rate = rate, best = k;
+        }
+    }
+    return best;
+}
+
+/* Mode hybrid with a profile: holds back the host-pool decodes, newest
+ * first, that the cost model says would slow the step more than they add
+ * (td_sched_config.profile). Returns how many. */
+static int32_t hold_host_decodes(td_sched *s) {
+    if (!s->hkv || !s->c.profile)
+        return 0;
+    int32_t nd = 0, nh = 0;
+    double ctx = 0;
+    for (int32_t i = 0; i < s->n_run; i++) {
+        if (!s->chunk[i])
+            continue;
+        nh += s->run[i]->kv_on_host;
+        nd += !s->run[i]->kv_on_host;
+        ctx += s->run[i]->n_cached + 1;
+    }
+    if (nh == 0)
+        return 0;
+    int32_t keep = best_host_count(s, nd, nh, ctx / (nd + nh)), held = 0;
+    for (int32_t i = s->n_run - 1; i >= 0 && nh > keep; i--)
+        if (s->chunk[i] && s->run[i]->kv_on_host) {
+            s->chunk[i] = 0;
+            nh--;
+            held++;
+        }
+    s->stats.host_waits += held;
+    return held;
+}
+
 /* Decides each running sequence's tokens this step (s->chunk): one token
  * for each sequence past its prompt, then prompt chunks in admission order,
  * within step_tokens and the free blocks. Single tokens that do not fit
@@ -391,9 +454,12 @@ static tandem_status plan(td_sched *s, const td_sched_callbacks *cb, td_error *e
             if (q->n_cached >= q->n_prompt && q->n_cached < q->n_ids && budget > 0) {
                 s->chunk[i] = 1;
                 budget--;
-                need[q->kv_on_host] += extra_blocks(s, q->n_cached, 1);
             }
         }
+        budget += hold_host_decodes(s);
+        for (int32_t i = 0; i < s->n_run; i++)
+            if (s->chunk[i])
+                need[s->run[i]->kv_on_host] += extra_blocks(s, s->run[i]->n_cached, 1);
         int32_t free_blocks[2] = {td_kv_free_blocks(s->kv), s->hkv ? td_kv_free_blocks(s->hkv) : 0};
         const int short_pool = need[0] > free_blocks[0] ? 0 : need[1] > free_blocks[1] ? 1 : -1;
         if (short_pool >= 0) {

@@ -52,6 +52,13 @@ typedef struct td_sched_config {
      * The host pool running out preempts its own newest sequence. The
      * forward pass must be TD_ATTN_HYBRID. NULL: one pool. */
     td_kv_cache *host_kv;
+    /* Mode hybrid with a hardware profile (offload/profile.h; borrowed):
+     * each step, host-pool decodes run only as many as the cost model
+     * predicts add tokens per second (NEO's rule, per step: a sequence on a
+     * weak CPU can slow the whole batch more than its token is worth); the
+     * others, newest first, sit the step out and move to the device when
+     * room returns there. NULL: every host-pool decode runs. */
+    const td_profile *profile;
 } td_sched_config;
 
 /* Called for each sampled token (text: the bytes it added to seq->text, maybe
@@ -69,6 +76,7 @@ typedef struct td_sched_stats {
     int64_t preemptions;
     int64_t moves_to_host, moves_to_device; /* mode hybrid: sequences moved between pools */
     int64_t moved_bytes;
+    int64_t host_waits; /* host-pool decodes the cost model held back, summed over steps */
     int64_t finished, failed;
     int32_t max_running;    /* most sequences in one step */
     int32_t peak_kv_blocks; /* most blocks in use after a step's growth */

@@ -102,9 +102,11 @@ typedef enum tandem_device {
  * while the device runs the linear layers, two sub-batches overlapped
  * (CPU_ATTN), or each sequence where its KV is (HYBRID: a device pool and
  * a host pool; a request goes to the device's when its prompt fits there,
- * else to the host's, and stays there until preempted). AUTO: DEVICE when
- * the KV budget fits the device's memory, else CPU_ATTN. With the CPU
- * alone only AUTO applies. */
+ * else to the host's; when the device's runs out its newest sequences
+ * move to the host's, and back when room returns). AUTO: DEVICE when the
+ * KV budget fits the device's memory, else HYBRID with the device's pool
+ * as large as it fits and the budget on the host. With the CPU alone only
+ * AUTO applies. */
 typedef enum tandem_mode {
     TANDEM_MODE_AUTO = 0,
     TANDEM_MODE_DEVICE = 1,
@@ -135,6 +137,11 @@ typedef struct tandem_config {
      * "pcie3-x16", "pcie4-x16", "pcie5-x16": copies take that link's time.
      * docs/DEVICE-MODELS.md gives the figures. */
     const char *emu_gpu, *emu_link;
+    /* A hardware profile (a file from tandem_tune, or a preset name: "T4",
+     * "A10G", "H100-PCIe", "H100-SXM"): the pipelined modes ask its cost
+     * model, every step, how to split the batch into sub-batches
+     * (offload/costmodel.h). NULL: two sub-batches whenever they can. */
+    const char *profile;
 } tandem_config;
 
 TANDEM_API void tandem_config_init(tandem_config *c);
@@ -274,6 +281,9 @@ typedef struct tandem_stats {
      * (when the device's ran out) and back (when room returned), and the
      * bytes of KV those moves copied. */
     uint64_t kv_moves_to_host, kv_moves_to_device, kv_moved_bytes;
+    /* Mode hybrid with a profile: host-pool decodes the cost model held
+     * back from a step (they would have slowed it more than they add). */
+    uint64_t host_decodes_held;
 } tandem_stats;
 
 TANDEM_API tandem_status tandem_engine_stats(tandem_engine *e, tandem_stats *out);
@@ -284,11 +294,11 @@ TANDEM_API tandem_status tandem_engine_stats(tandem_engine *e, tandem_stats *out
  * attention) with micro-benchmarks and writes a hardware profile, the JSON
  * the cost model reads (offload/profile.h). Seconds, not minutes. */
 typedef struct tandem_tune_config {
-    size_t struct_size;    /* sizeof(tandem_tune_config), set by tandem_tune_config_init */
-    tandem_device device;  /* AUTO: a CUDA GPU, else the emulated device */
-    const char *emu_gpu;   /* device EMU: the GPU preset whose times it takes (timed mode); NULL: "H100-PCIe" */
-    const char *emu_link;  /* device EMU: the link preset; NULL: "pcie5-x16" */
-    int threads;           /* the CPU attention's most threads; 0: all the cores OpenMP sees */
+    size_t struct_size;     /* sizeof(tandem_tune_config), set by tandem_tune_config_init */
+    tandem_device device;   /* AUTO: a CUDA GPU, else the emulated device */
+    const char *emu_gpu;    /* device EMU: the GPU preset whose times it takes (timed mode); NULL: "H100-PCIe" */
+    const char *emu_link;   /* device EMU: the link preset; NULL: "pcie5-x16" */
+    int threads;            /* the CPU attention's most threads; 0: all the cores OpenMP sees */
     const char *model_path; /* its layers' GEMM shapes are measured too; NULL: generic shapes only */
     /* Called as each stage starts and ends (fraction 0..1 of the whole);
      * NULL: silent. */
@@ -305,14 +315,14 @@ TANDEM_API tandem_status tandem_tune(const tandem_tune_config *c, const char *ou
  * tokens decoding on a profile's machine: tokens/s of each mode and the
  * plan it would choose. */
 typedef struct tandem_plan_query {
-    size_t struct_size;      /* sizeof(tandem_plan_query), set by tandem_plan_query_init */
-    const char *profile;     /* a profile file (tandem_tune), or a preset name ("A10G", "T4", "H100-PCIe", ...) */
-    const char *model_path;  /* GGUF: only its shapes are read; NULL: the default model */
-    int batch;               /* sequences decoding together, >= 1 */
-    int ctx;                 /* tokens each has cached, >= 1 */
-    size_t gpu_mem_bytes;    /* device memory for weights, workspace and KV; 0: the profile's */
-    size_t host_kv_bytes;    /* host memory for KV; 0: 90% of the profile's host memory */
-    int host_seqs;           /* -1: search; else evaluate this many sequences on the CPU (hybrid) */
+    size_t struct_size;     /* sizeof(tandem_plan_query), set by tandem_plan_query_init */
+    const char *profile;    /* a profile file (tandem_tune), or a preset name ("A10G", "T4", "H100-PCIe", ...) */
+    const char *model_path; /* GGUF: only its shapes are read; NULL: the default model */
+    int batch;              /* sequences decoding together, >= 1 */
+    int ctx;                /* tokens each has cached, >= 1 */
+    size_t gpu_mem_bytes;   /* device memory for weights, workspace and KV; 0: the profile's */
+    size_t host_kv_bytes;   /* host memory for KV; 0: 90% of the profile's host memory */
+    int host_seqs;          /* -1: search; else evaluate this many sequences on the CPU (hybrid) */
 } tandem_plan_query;
 
 typedef struct tandem_plan_result {

@@ -7,8 +7,8 @@
 #include "base/clock.h"
 
 /* The stages with a device side, and the events that time them. */
-enum { PRE, DOWN, UP, POST, N_DEV_STAGES };
-static const char *const stage_name[] = {"pre", "down", "up", "post", "attend"};
+enum { PRE, DOWN, UP, POST, DATTN, N_DEV_STAGES };
+static const char *const stage_name[] = {"pre", "down", "up", "post", "attn-dev", "attend"};
 
 /* One stage instance: its events (start, end) or, for attend, its clock. */
 typedef struct slot {
@@ -37,6 +37,7 @@ struct td_pipe {
     slot *slots;
     int32_t cap_layers;
     int32_t n_sub, n_layers; /* of the step in flight */
+    bool dattn;              /* whether it has device attention stages */
     td_pipe_stats stats;
     double step_start;
     FILE *trace;
@@ -138,6 +139,10 @@ static tandem_status start_layer(td_pipe *p, const td_pipe_stages *st, void *ctx
         s = td_dev_stream_wait(p->d, p->d2h, at(p, l, b, PRE)->ev[1], err);
     if (s == TANDEM_OK)
         s = enqueue(p, p->d2h, st->down, ctx, b, l, DOWN, err);
+    /* the device's own attention follows pre on the compute stream, while
+     * the rows that went down are attended on the CPU */
+    if (s == TANDEM_OK && st->dattn)
+        s = enqueue(p, p->compute, st->dattn, ctx, b, l, DATTN, err);
     return s;
 }
 
@@ -157,6 +162,7 @@ tandem_status td_pipe_run(td_pipe *p, int32_t n_sub, int32_t n_layers, const td_
     p->n_sub = n_sub;
     p->n_layers = n_layers;
     p->n_spans = 0;
+    p->dattn = st->dattn != NULL;
     p->step_start = td_seconds();
     /* The time origin of the step's device events. Waiting for it costs
      * nothing: the device has only the caller's first ops to run, and the
@@ -242,6 +248,8 @@ tandem_status td_pipe_finish(td_pipe *p, td_error *err) {
     for (int32_t l = 0; l < p->n_layers; l++)
         for (int32_t b = 0; b < p->n_sub; b++)
             for (int k = 0; k <= N_DEV_STAGES; k++) {
+                if (k == DATTN && !p->dattn)
+                    continue;
                 slot *x = at(p, l, b, k);
                 double t0, t1;
                 if (k == N_DEV_STAGES) {
@@ -253,10 +261,10 @@ tandem_status td_pipe_finish(td_pipe *p, td_error *err) {
                 busy[k] += t1 - t0;
                 if (p->trace)
                     trace_slice(p,
-                                k == PRE || k == POST ? 1
-                                : k == DOWN           ? 2
-                                : k == UP             ? 3
-                                                      : 4,
+                                k == PRE || k == POST || k == DATTN ? 1
+                                : k == DOWN                         ? 2
+                                : k == UP                           ? 3
+                                                                    : 4,
                                 stage_name[k], l, b, t0, t1);
             }
     for (size_t i = 0; p->trace && i < p->n_spans; i++) {
@@ -271,7 +279,7 @@ tandem_status td_pipe_finish(td_pipe *p, td_error *err) {
 
     p->stats.steps++;
     p->stats.step += td_seconds() - p->step_start;
-    p->stats.device += busy[PRE] + busy[POST];
+    p->stats.device += busy[PRE] + busy[DATTN] + busy[POST];
     p->stats.d2h += busy[DOWN];
     p->stats.h2d += busy[UP];
     p->stats.cpu += busy[N_DEV_STAGES];

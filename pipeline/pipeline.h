@@ -7,6 +7,8 @@
  *
  *   pre(b, l)     device stream: the work before attention (norm, QKV, RoPE)
  *   down(b, l)    D2H copy stream: the rows the CPU needs (q, k, v) to host staging
+ *   dattn(b, l)   device stream, optional: attention of the device's own sequences,
+ *                 overlapping the CPU's attend(b, l)
  *   attend(b, l)  the calling thread (its OpenMP team): KV append + attention
  *   up(b, l)      H2D copy stream: the attention output back to the device
  *   post(b, l)    device stream: the work after attention (O projection, FFN)
@@ -62,6 +64,11 @@ typedef struct td_pipe_stages {
     tandem_status (*attend)(void *ctx, int32_t b, int32_t layer, td_error *err);
     tandem_status (*up)(void *ctx, int32_t b, int32_t layer, td_stream *copy, td_error *err);
     tandem_status (*post)(void *ctx, int32_t b, int32_t layer, td_stream *s, td_error *err);
+    /* Optional (NULL: none): device work of sub-batch b that the CPU's
+     * attend need not wait for, enqueued on the device stream right after
+     * pre(b, l) and down(b, l) — the attention of sequences whose KV is on
+     * the device, which then runs while the CPU attends the others. */
+    tandem_status (*dattn)(void *ctx, int32_t b, int32_t layer, td_stream *s, td_error *err);
 } td_pipe_stages;
 
 /* Busy time of each resource over the steps run (seconds), and the steps'

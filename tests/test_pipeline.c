@@ -81,7 +81,7 @@ static tandem_status o_post(void *c, int32_t b, int32_t l, td_stream *s, td_erro
     return td_dev_add(o->d, s, 1, N, o->x[b], N, o->y[b], N, err);
 }
 
-static const td_pipe_stages order_stages = {o_pre, o_down, o_attend, o_up, o_post};
+static const td_pipe_stages order_stages = {o_pre, o_down, o_attend, o_up, o_post, NULL};
 
 static td_device *open_emu(td_emu_mode mode, const char *gpu, const char *link) {
     td_device_config c;
@@ -190,7 +190,7 @@ static tandem_status t_attend(void *c, int32_t b, int32_t l, td_error *err) {
     return TANDEM_OK;
 }
 
-static const td_pipe_stages timed_stages = {t_gemm, t_down, t_attend, t_up, t_gemm};
+static const td_pipe_stages timed_stages = {t_gemm, t_down, t_attend, t_up, t_gemm, NULL};
 
 static void test_overlap_and_trace(void) {
     td_device *d = open_emu(TD_EMU_TIMED, "T4", "pcie3-x16");

@@ -20,9 +20,7 @@
 
 #include "tandem.h"
 #include "tools/batch_io.h"
-
-#define EXIT_USAGE 1
-#define EXIT_FAILED 2
+#include "tools/cli.h"
 
 static double now_s(void) {
     struct timespec ts;
@@ -52,16 +50,19 @@ static void usage_generate(FILE *f) {
         "  --step-tokens N      tokens per step, prompt chunks included (default 2048)\n"
         "  --device D           auto (default: a CUDA GPU if one answers, else the CPU), cpu, cuda, emu\n"
         "                       (the emulated device: the device code path on host threads)\n"
-        "  --mode M             auto (default: device when the KV budget fits the device, else cpu-attn),\n"
+        "  --mode M             auto (default: device when the KV budget fits the device, else hybrid),\n"
         "                       device (everything on the device), cpu-attn (attention on the CPU next to a\n"
         "                       host KV cache, overlapped with the device's linear layers), hybrid (a device\n"
-        "                       KV pool and a host one: each request attends where its KV is)\n"
+        "                       KV pool and a host one: each request attends where its KV is, moving to the\n"
+        "                       host's when the device's runs out and back when room returns)\n"
         "  --device-kv SIZE     hybrid: the device's KV pool (--kv-budget is the host's; default: 90%% of\n"
         "                       what the weights leave)\n"
         "  --trace FILE         pipelined modes: a Chrome trace-event JSON of every step (open in Perfetto)\n"
         "  --emu-gpu NAME       with --device emu: take the time of a T4, A10G, A100-SXM, H100-PCIe or\n"
         "                       H100-SXM per op instead of computing (timings only: outputs are meaningless)\n"
         "  --emu-link NAME      with --device emu: copies take the time of pcie3-x16, pcie4-x16 or pcie5-x16\n"
+        "  --profile P          a hardware profile (tandem tune) or preset (T4, A10G, H100-PCIe, H100-SXM): the\n"
+        "                       cost model splits each pipelined step into sub-batches with it\n"
         "  --threads N          CPU threads (default: all)\n"
         "  --kv-budget SIZE     KV cache, e.g. 4G (default: a quarter of RAM, at most 4G; on a device, at\n"
         "                       most 90%% of the memory the weights leave)\n"
@@ -72,16 +73,18 @@ static void usage_generate(FILE *f) {
 }
 
 static void usage(FILE *f) {
-    fprintf(f, "usage: tandem <command> [options]\n"
-               "\n"
-               "commands:\n"
-               "  generate   batch inference: prompts in, completions out (tandem generate --help)\n"
-               "\n"
-               "  --version  print the version\n");
+    fprintf(f,
+            "usage: tandem <command> [options]\n"
+            "\n"
+            "commands:\n"
+            "  generate   batch inference: prompts in, completions out (tandem generate --help)\n"
+            "  plan       the cost model's tokens/s of each mode for a batch, and an SVG chart (tandem plan --help)\n"
+            "  tune       measure this machine into a hardware profile (tandem tune --help)\n"
+            "\n"
+            "  --version  print the version\n");
 }
 
-/* "4G", "512M", "1048576" -> bytes. */
-static bool parse_size(const char *s, size_t *out) {
+bool tandem_parse_size(const char *s, size_t *out) {
     char *end;
     errno = 0;
     double v = strtod(s, &end);
@@ -293,6 +296,7 @@ enum {
     OPT_TRACE,
     OPT_EMU_GPU,
     OPT_EMU_LINK,
+    OPT_PROFILE,
     OPT_DEVICE_KV,
 };
 
@@ -352,6 +356,7 @@ static int cmd_generate(int argc, char **argv) {
         {"trace", required_argument, 0, OPT_TRACE},
         {"emu-gpu", required_argument, 0, OPT_EMU_GPU},
         {"emu-link", required_argument, 0, OPT_EMU_LINK},
+        {"profile", required_argument, 0, OPT_PROFILE},
         {"device-kv", required_argument, 0, OPT_DEVICE_KV},
         {0, 0, 0, 0},
     };
@@ -388,7 +393,7 @@ static int cmd_generate(int argc, char **argv) {
         case OPT_BATCH: ok = parse_int(optarg, 1, 1 << 20, &v), cfg.max_batch = (int)v; break;
         case OPT_STEP_TOKENS: ok = parse_int(optarg, 1, 1 << 20, &v), cfg.step_tokens = (int)v; break;
         case OPT_THREADS: ok = parse_int(optarg, 1, 4096, &v), cfg.threads = (int)v; break;
-        case OPT_KV: ok = parse_size(optarg, &cfg.kv_budget_bytes); break;
+        case OPT_KV: ok = tandem_parse_size(optarg, &cfg.kv_budget_bytes); break;
         case OPT_FSYNC: fsync_each = true; break;
         case OPT_QUIET: quiet = true; break;
         case OPT_IGNORE_EOS: samp.ignore_eos = 1; break;
@@ -397,7 +402,8 @@ static int cmd_generate(int argc, char **argv) {
         case OPT_TRACE: cfg.trace_path = optarg; break;
         case OPT_EMU_GPU: cfg.emu_gpu = optarg; break;
         case OPT_EMU_LINK: cfg.emu_link = optarg; break;
-        case OPT_DEVICE_KV: ok = parse_size(optarg, &cfg.device_kv_bytes); break;
+        case OPT_PROFILE: cfg.profile = optarg; break;
+        case OPT_DEVICE_KV: ok = tandem_parse_size(optarg, &cfg.device_kv_bytes); break;
         case OPT_HELP: usage_generate(stdout); return 0;
         default:
             fprintf(stderr, "tandem generate: unknown or incomplete option '%s' (see tandem generate --help)\n",
@@ -587,6 +593,9 @@ out:
                     stats.generated_tokens / (wall > 0 ? wall : 1), ran, stats.generated_tokens / (ran > 0 ? ran : 1),
                     (unsigned long long)stats.preemptions, stats.kv_bytes_peak / 1048576.0,
                     stats.kv_bytes_total / 1048576.0);
+            if (stats.host_decodes_held > 0)
+                fprintf(stderr, "tandem: the cost model held back %llu host-pool decodes (they would slow the step)\n",
+                        (unsigned long long)stats.host_decodes_held);
             if (stats.kv_moves_to_host + stats.kv_moves_to_device > 0)
                 fprintf(stderr,
                         "tandem: KV moves: %llu sequences to the host pool, %llu back to the device (%.1f MiB)\n",
@@ -638,6 +647,10 @@ int main(int argc, char **argv) {
     }
     if (!strcmp(argv[1], "generate"))
         return cmd_generate(argc - 1, argv + 1);
+    if (!strcmp(argv[1], "plan"))
+        return tandem_cmd_plan(argc - 1, argv + 1);
+    if (!strcmp(argv[1], "tune"))
+        return tandem_cmd_tune(argc - 1, argv + 1);
     fprintf(stderr, "tandem: unknown command '%s' (see tandem --help)\n", argv[1]);
     return EXIT_USAGE;
 }

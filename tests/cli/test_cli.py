@@ -13,6 +13,7 @@ import tempfile
 import time
 import unittest
 
+ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..")
 TANDEM = os.environ["TANDEM_BIN"]
 MODEL = os.environ["TANDEM_TEST_MODEL"]
 TMP = tempfile.mkdtemp(prefix="tandem-cli-")
@@ -243,6 +244,21 @@ class Cli(unittest.TestCase):
         for i, r in ref.items():
             self.assertEqual(out[i]["completion"], r["completion"], i)
             self.assertEqual(out[i]["completion_tokens"], r["completion_tokens"], i)
+        # with a profile whose CPU attends at 10 MB/s, the cost model holds the host pool's decodes
+        # back while the device's run (they go on when those finish, or move back): the same tokens
+        with open(os.path.join(ROOT, "offload", "presets", "T4.json"), encoding="utf-8") as f:
+            prof = json.load(f)
+        prof["cpu"]["attn"] = [[t, ctx, 0.01] for t, ctx, _ in prof["cpu"]["attn"]]
+        with open(path("slow-cpu.json"), "w", encoding="utf-8") as f:
+            json.dump(prof, f)
+        p = run(["--input", inp, "--output", path("hy2.out"), "--max-tokens", "60", "--device", "emu",
+                 "--mode", "hybrid", "--device-kv", "3M", "--profile", path("slow-cpu.json")])
+        m = re.search(r"held back (\d+) host-pool decodes", p.stderr)
+        self.assertIsNotNone(m, p.stderr)
+        self.assertGreater(int(m.group(1)), 0)
+        out = by_id(records("hy2.out"))
+        for i, r in ref.items():
+            self.assertEqual(out[i]["completion"], r["completion"], i)
 
     def test_emu_timed(self):
         # timed mode: the device takes an H100's time and computes nothing; the job runs to the end

@@ -1,0 +1,77 @@
+/* The cost model: predicted time of a decode step for a placement of its
+ * sequences, from a hardware profile (offload/profile.h) and the model's
+ * shapes, through the step simulator (offload/simulator.h); and the search
+ * for the placement with the most tokens per second.
+ *
+ * Each stage's time is the sum of its ops as the engine issues them
+ * (engine/forward_device.c): per op a launch, GEMMs from the profile's
+ * measured table, row kernels and device attention at the profile's
+ * bandwidths, copies at the link's bandwidth plus its latency, CPU
+ * attention at the profile's KV read rate for the team and the context,
+ * plus a call's fixed cost. A plan is judged by NEO's rules: a sub-batch's
+ * CPU attention and copies should hide under the other's device work (the
+ * simulator says how far they do), and a pipelined plan is kept only when
+ * it beats mode device in tokens per second; within a plan the host
+ * sequences are split over the two sub-batches by CPU work (FastDecode's
+ * balance, which is what the engine does). */
+#ifndef TD_OFFLOAD_COSTMODEL_H
+#define TD_OFFLOAD_COSTMODEL_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "offload/profile.h"
+#include "offload/simulator.h"
+
+/* What the cost model needs of a Llama-shaped model. */
+typedef struct td_cost_shape {
+    int32_t n_layers, n_embd, n_heads, n_kv_heads, head_dim, n_ff, n_vocab;
+} td_cost_shape;
+
+/* Bytes of KV one token takes in every layer (bf16 K and V). */
+double td_cost_kv_bytes_per_token(const td_cost_shape *m);
+/* Bytes of device memory the weights and a step's workspace of max_tokens
+ * rows take (engine/forward_device.c's buffers, logits for every row). */
+double td_cost_device_fixed_bytes(const td_cost_shape *m, int32_t max_tokens);
+
+/* A uniform decode batch: B sequences of ctx cached tokens, n_host of
+ * them with KV on the host, attending on the CPU with `threads` threads. */
+typedef struct td_cost_batch {
+    int32_t batch, ctx, n_host;
+    int32_t threads;
+    /* host sequences in sub-batch 0 (the rest in 1); -1: the engine's
+     * balance (half the CPU work each, device sequences all in 0) */
+    int32_t host_in_first;
+    int32_t n_sub; /* 1 or 2 when n_host > 0 (0: the engine's choice, 2 when n_host >= 2) */
+} td_cost_batch;
+
+/* The simulator's input for one step of b, every op costed. */
+void td_cost_step(const td_profile *p, const td_cost_shape *m, const td_cost_batch *b, td_sim_step *out);
+/* Predicted step: td_sim_run of td_cost_step. */
+td_sim_result td_cost_predict(const td_profile *p, const td_cost_shape *m, const td_cost_batch *b);
+
+/* The best of every mode for B sequences of ctx tokens under the memory
+ * limits: device memory for weights, workspace and KV (gpu_mem), host
+ * memory for KV (host_kv). */
+typedef struct td_cost_plan {
+    int32_t device_batch; /* mode device: the sequences the device's KV room holds (<= B) */
+    double device_tok_s;
+    double cpu_attn_tok_s; /* 0 when B does not fit the host */
+    int32_t hybrid_host, hybrid_sub;
+    double hybrid_tok_s;
+    int chosen; /* 0 device, 1 cpu-attn, 2 hybrid; -1: the weights do not fit the device */
+    double chosen_tok_s;
+    td_sim_result chosen_sim;
+} td_cost_plan;
+
+typedef struct td_cost_limits {
+    double gpu_mem, host_kv; /* bytes */
+    int32_t threads;
+    int32_t host_seqs; /* -1: search the hybrid split; else evaluate this one */
+} td_cost_limits;
+
+void td_cost_plan_search(const td_profile *p, const td_cost_shape *m, int32_t batch, int32_t ctx,
+                         const td_cost_limits *lim, td_cost_plan *out);
+
+#endif /* TD_OFFLOAD_COSTMODEL_H */
