@@ -17,14 +17,18 @@
  *   hybrid/1   the device's share as in mode device, the rest of B (half
  *   hybrid/2   of B when all fit) on the CPU: in one sub-batch beside the
  *              device's sequences (CPU attention under the device's own
- *              attention) or in two (under the other sub-batch's work).
+ *              attention) or in two (under the other sub-batch's work);
+ *   planned    with --profile: the hybrid split the cost model picks (how
+ *              many on the CPU, one or two sub-batches).
  *
  * The cached K/V are zeros (the cost of attention does not depend on the
  * values) and the device computes nothing (timed mode): this measures
  * time, not tokens. Printed per row: tokens/s, ms per step, each
  * resource's busy share, overlap (busiest / step) and step / busiest (the
  * issue's target <= 1.15); with --profile, the cost model's predicted step
- * (offload/costmodel.h) and its error against the measured one. A profile
+ * (offload/costmodel.h) and its error against the measured one, from the
+ * profile as tuned and with the online calibration the forward pass made
+ * from the last two of its three untimed steps. A profile
  * measured on this machine by `tandem tune --device emu` with the same
  * --emu-gpu and --emu-link is what the prediction should be checked with. */
 #include <math.h>
@@ -32,6 +36,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "base/clock.h"
 #include "bench/bench_util.h"
@@ -120,6 +125,7 @@ _Noreturn static void die(const char *what, const td_error *err) {
 typedef struct result {
     double step_s;
     td_pipe_stats ps;
+    td_cost_calib calib; /* the forward's online calibration after the untimed steps */
 } result;
 
 /* Bytes of KV a sequence of L + steps tokens takes (whole blocks of 16). */
@@ -131,14 +137,15 @@ static size_t seq_kv_bytes(const td_model *m, int tokens) {
 /* n_dev sequences with KV on the device and n_host on the host, at L
  * cached tokens, then `steps` decode steps; n_sub forces the pipelined
  * steps' sub-batches (0: the forward's choice). */
-static result run_mode(const options *o, const td_model *m, td_device *dev, td_attn_place place, int n_dev, int n_host,
-                       int n_sub, int L, FILE *trace) {
+static result run_mode(const options *o, const td_model *m, td_device *dev, const td_profile *prof, td_attn_place place,
+                       int n_dev, int n_host, int n_sub, int L, FILE *trace) {
     const td_llama_config *c = &m->cfg;
     const int B = n_dev + n_host;
     td_error err;
     td_forward *fw = NULL;
     if (td_forward_create_on_device(m, dev, place, B, o->threads, &fw, &err))
         die("forward", &err);
+    td_forward_set_profile(fw, prof); /* for its online calibration; the sub-batches are forced */
     td_forward_set_sub_batches(fw, n_sub);
     td_kv_config kc = {.n_layers = c->n_layers,
                        .n_kv_heads = c->n_kv_heads,
@@ -180,8 +187,9 @@ static result run_mode(const options *o, const td_model *m, td_device *dev, td_a
     }
     td_pipe *p = td_forward_pipe(fw);
     result r = {0};
-    for (int s = -1; s < o->steps; s++) { /* one untimed step first */
+    for (int s = -3; s < o->steps; s++) { /* three untimed steps first (the last two calibrate) */
         if (s == 0) {
+            r.calib = *td_forward_calibration(fw);
             r.step_s = td_seconds();
             if (p) {
                 r.ps = *td_pipe_get_stats(p);
@@ -268,13 +276,7 @@ int main(int argc, char **argv) {
     if (td_model_load(o.model, &mo, &m, &err))
         die("model (run scripts/fetch-model)", &err);
     const td_llama_config *c = &m->cfg;
-    const td_cost_shape shape = {.n_layers = c->n_layers,
-                                 .n_embd = c->n_embd,
-                                 .n_heads = c->n_heads,
-                                 .n_kv_heads = c->n_kv_heads,
-                                 .head_dim = c->head_dim,
-                                 .n_ff = c->n_ff,
-                                 .n_vocab = c->n_vocab};
+    const td_cost_shape shape = td_cost_shape_of(c);
     FILE *trace = o.trace ? fopen(o.trace, "w") : NULL, *js = o.jsonl ? fopen(o.jsonl, "w") : NULL;
     char cpu[256];
     td_bench_cpu_model(cpu, sizeof cpu);
@@ -284,7 +286,7 @@ int main(int argc, char **argv) {
     printf("%6s %6s  %-9s %5s %5s %9s %9s %7s %6s %6s %6s %8s %10s", "batch", "ctx", "mode", "dev", "host", "tok/s",
            "ms/step", "device", "D2H", "H2D", "CPU", "overlap", "step/busy");
     if (prof)
-        printf(" %10s %7s", "predicted", "error");
+        printf(" %10s %7s %10s %7s", "predicted", "error", "calibrated", "error");
     printf("\n");
     for (int k = 0; k < o.n_configs; k++) {
         const int B = o.batch[k];
@@ -297,24 +299,41 @@ int main(int argc, char **argv) {
         /* hybrid: the device's share as in mode device, the rest on the
          * host; half each when all fit */
         const int hy_dev = room < B ? room : B / 2;
-        static const struct {
+        /* with a profile, a fifth row: the hybrid split the cost model
+         * plans (how many on the CPU, one or two sub-batches) */
+        int plan_host = 0, plan_sub = 0;
+        if (prof) {
+            td_cost_limits lim = {
+                .gpu_mem = (double)dev->info.mem_total, .host_kv = 1e15, .threads = o.threads, .host_seqs = -1};
+            td_cost_plan plan;
+            td_cost_plan_search(prof, &shape, B, L + o.steps / 2, &lim, &plan);
+            if (plan.chosen == 2) /* hybrid; else the planned row is mode device's (or cpu-attn's) */
+                plan_host = plan.hybrid_host, plan_sub = plan.hybrid_sub;
+        }
+        const struct {
             const char *name;
             td_attn_place place;
-            int sub;
-        } rows[] = {{"device", TD_ATTN_ON_DEVICE, 0},
-                    {"cpu-attn", TD_ATTN_ON_CPU, 0},
-                    {"hybrid/1", TD_ATTN_HYBRID, 1},
-                    {"hybrid/2", TD_ATTN_HYBRID, 2}};
-        for (size_t row = 0; row < sizeof rows / sizeof rows[0]; row++) {
-            const int n_dev = rows[row].place == TD_ATTN_ON_DEVICE ? room
-                              : rows[row].place == TD_ATTN_ON_CPU  ? 0
-                                                                   : hy_dev;
-            const int n_host = rows[row].place == TD_ATTN_ON_DEVICE ? 0 : B - n_dev;
+            int sub, n_dev, n_host;
+        } rows[] = {{"device", TD_ATTN_ON_DEVICE, 0, room, 0},
+                    {"cpu-attn", TD_ATTN_ON_CPU, 2, 0, B},
+                    {"hybrid/1", TD_ATTN_HYBRID, 1, hy_dev, B - hy_dev},
+                    {"hybrid/2", TD_ATTN_HYBRID, 2, hy_dev, B - hy_dev},
+                    {"planned", TD_ATTN_HYBRID, plan_sub, B - plan_host < room ? B - plan_host : room, plan_host}};
+        for (size_t row = 0; row < sizeof rows / sizeof rows[0] - !prof; row++) {
+            const int n_dev = rows[row].n_dev, n_host = rows[row].n_host;
             if (n_dev + n_host == 0 || (rows[row].place == TD_ATTN_HYBRID && (n_dev == 0 || n_host == 0))) {
-                printf("%6d %6d  %-9s (no room on the device for a sequence)\n", B, L, rows[row].name);
+                printf("%6d %6d  %-9s (%s)\n", B, L, rows[row].name,
+                       n_dev == 0 ? "no room on the device for a sequence" : "the plan is not hybrid: see above");
                 continue;
             }
-            result r = run_mode(&o, m, dev, rows[row].place, n_dev, n_host, rows[row].sub, L,
+            const double host_kv = (double)n_host * (double)seq_kv_bytes(m, L + o.steps),
+                         avail = (double)sysconf(_SC_AVPHYS_PAGES) * (double)sysconf(_SC_PAGESIZE);
+            if (host_kv > 0.8 * avail) {
+                printf("%6d %6d  %-9s (skipped: %.1f GB of host KV, %.1f GB of memory free)\n", B, L, rows[row].name,
+                       host_kv / 1e9, avail / 1e9);
+                continue;
+            }
+            result r = run_mode(&o, m, dev, prof, rows[row].place, n_dev, n_host, rows[row].sub, L,
                                 rows[row].place == TD_ATTN_ON_CPU && k == 0 ? trace : NULL);
             const int n = n_dev + n_host;
             printf("%6d %6d  %-9s %5d %5d %9.0f %9.2f", B, L, rows[row].name, n_dev, n_host, n / r.step_s,
@@ -328,7 +347,7 @@ int main(int argc, char **argv) {
                        100 * r.ps.h2d / step, 100 * r.ps.cpu / step, busiest / step, step / busiest);
             } else
                 printf(" %7s %6s %6s %6s %8s %10s", "", "", "", "", "", "");
-            double pred = 0;
+            double pred = 0, cal = 0;
             if (prof) {
                 td_cost_batch cb = {.batch = n,
                                     .ctx = L + o.steps / 2,
@@ -337,7 +356,10 @@ int main(int argc, char **argv) {
                                     .host_in_first = -1,
                                     .n_sub = rows[row].sub};
                 pred = td_cost_predict(prof, &shape, &cb).step;
-                printf(" %10.2f %+6.1f%%", pred * 1e3, 100 * (pred - r.step_s) / r.step_s);
+                cb.calib = &r.calib;
+                cal = td_cost_predict(prof, &shape, &cb).step;
+                printf(" %10.2f %+6.1f%% %10.2f %+6.1f%%", pred * 1e3, 100 * (pred - r.step_s) / r.step_s, cal * 1e3,
+                       100 * (cal - r.step_s) / r.step_s);
             }
             printf("\n");
             fflush(stdout);
@@ -346,10 +368,10 @@ int main(int argc, char **argv) {
                         "{\"bench\":\"pipeline\",\"gpu\":\"%s\",\"link\":\"%s\",\"gpu_mem\":%zu,\"batch\":%d,"
                         "\"ctx\":%d,\"mode\":\"%s\",\"dev\":%d,\"host\":%d,\"tok_s\":%.1f,\"step_ms\":%.3f,"
                         "\"device\":%.4f,\"d2h\":%.4f,\"h2d\":%.4f,\"cpu\":%.4f,\"overlap\":%.4f,"
-                        "\"predicted_ms\":%.3f}\n",
+                        "\"predicted_ms\":%.3f,\"calibrated_ms\":%.3f}\n",
                         o.gpu, o.link, dev->info.mem_total, B, L, rows[row].name, n_dev, n_host, n / r.step_s,
                         r.step_s * 1e3, r.ps.device / step, r.ps.d2h / step, r.ps.h2d / step, r.ps.cpu / step,
-                        r.ps.steps ? busiest / step : 0.0, pred * 1e3);
+                        r.ps.steps ? busiest / step : 0.0, pred * 1e3, cal * 1e3);
         }
     }
     if (trace)

@@ -468,3 +468,18 @@ void td_forward_set_sub_batches(td_forward *f, int32_t n) {
     if (f->dev)
         td_fwd_dev_set_plan(f->dev, NULL, n);
 }
+
+td_cost_shape td_cost_shape_of(const td_llama_config *c) {
+    return (td_cost_shape){.n_layers = c->n_layers,
+                           .n_embd = c->n_embd,
+                           .n_heads = c->n_heads,
+                           .n_kv_heads = c->n_kv_heads,
+                           .head_dim = c->head_dim,
+                           .n_ff = c->n_ff,
+                           .n_vocab = c->n_vocab};
+}
+
+const td_cost_calib *td_forward_calibration(const td_forward *f) {
+    static const td_cost_calib none = TD_COST_CALIB_NONE;
+    return f->dev ? td_fwd_dev_calibration(f->dev) : &none;
+}

@@ -33,6 +33,7 @@
 #include "cpu/kv_cache.h"
 #include "engine/model.h"
 #include "gpu/device.h"
+#include "offload/costmodel.h"
 #include "offload/profile.h"
 #include "pipeline/pipeline.h"
 
@@ -115,6 +116,13 @@ typedef struct td_kv_move {
  * changes no value, so a moved sequence goes on with the same tokens. */
 tandem_status td_forward_move_kv(td_forward *f, td_kv_cache *dkv, td_kv_cache *hkv, const td_kv_move *moves, int32_t n,
                                  size_t *bytes, td_error *err);
+
+/* The model's shapes as the cost model (offload/costmodel.h) takes them. */
+td_cost_shape td_cost_shape_of(const td_llama_config *c);
+
+/* The cost model's corrections learned from this forward pass's pipelined
+ * steps (online calibration, with a profile; TD_COST_CALIB_NONE before). */
+const td_cost_calib *td_forward_calibration(const td_forward *f);
 
 /* The hardware profile (offload/profile.h; borrowed, NULL for none) the
  * pipelined placements plan each step's sub-batches with: the cost model

@@ -65,9 +65,13 @@ struct td_fwd_dev {
     const struct step_meta *sm;
     int32_t pos_off; /* meta offset of the positions */
     sub_batch sb[TD_PIPE_MAX_SUB];
-    /* planning the sub-batches (td_fwd_dev_set_plan) */
+    /* planning the sub-batches (td_fwd_dev_set_plan), and calibrating the
+     * cost model with each pipelined step's busy times */
     const td_profile *profile;
     int32_t force_sub;
+    td_cost_batch planned; /* the step in flight, as the cost model sees it */
+    td_cost_calib calib;
+    td_pipe_stats seen; /* the pipeline's stats after the last step */
 };
 
 static void free_weights(td_fwd_dev *f) {
@@ -206,6 +210,7 @@ tandem_status td_fwd_dev_create(const td_model *m, td_device *dev, td_attn_place
     f->attn = attn;
     f->n_threads = n_threads;
     f->max_tokens = max_tokens;
+    f->calib = TD_COST_CALIB_NONE;
     const size_t T = (size_t)max_tokens, E = (size_t)c->n_embd,
                  W = (size_t)(c->n_heads + 2 * c->n_kv_heads) * (size_t)c->head_dim, F = (size_t)c->n_ff;
     const size_t max_table = ((size_t)c->n_ctx + 15) / 16; /* blocks of at least 16 tokens */
@@ -518,36 +523,55 @@ void td_fwd_dev_set_plan(td_fwd_dev *f, const td_profile *p, int32_t sub_batches
         f->force_sub = sub_batches;
 }
 
-/* Whether the cost model predicts this step (f->order, its n_host host
- * sequences last, cut of them in sub-batch 0) to be faster with every
- * host sequence in one sub-batch beside the device's: CPU attention then
- * hides only under the device's attention, but the device passes over the
- * weights once instead of twice. The step is costed as a uniform decode
- * batch of its mean context. */
-static bool one_sub_batch_is_faster(const td_fwd_dev *f, int32_t n_seqs, int32_t n_host, int32_t cut) {
-    if (!f->profile || cut >= n_host)
-        return false;
-    const td_llama_config *c = &f->m->cfg;
-    const td_cost_shape shape = {.n_layers = c->n_layers,
-                                 .n_embd = c->n_embd,
-                                 .n_heads = c->n_heads,
-                                 .n_kv_heads = c->n_kv_heads,
-                                 .head_dim = c->head_dim,
-                                 .n_ff = c->n_ff,
-                                 .n_vocab = c->n_vocab};
+/* The step (f->order, its n_host host sequences last, cut of them in
+ * sub-batch 0) as the cost model sees it: a uniform decode batch of its
+ * mean context. */
+static td_cost_batch cost_batch(const td_fwd_dev *f, int32_t n_seqs, int32_t n_host, int32_t cut) {
     double ctx = 0;
     for (int32_t i = 0; i < n_seqs; i++)
         ctx += f->order[i].pos + f->order[i].n_tokens;
-    td_cost_batch b = {.batch = n_seqs,
-                       .ctx = (int32_t)(ctx / n_seqs + 0.5),
-                       .n_host = n_host,
-                       .threads = td_attn_threads(f->cpu_attn),
-                       .host_in_first = cut,
-                       .n_sub = 2};
+    return (td_cost_batch){.batch = n_seqs,
+                           .ctx = (int32_t)(ctx / n_seqs + 0.5),
+                           .n_host = n_host,
+                           .threads = td_attn_threads(f->cpu_attn),
+                           .host_in_first = cut,
+                           .n_sub = cut < n_host ? 2 : 1,
+                           .calib = &f->calib};
+}
+
+/* Whether the cost model predicts the step faster with every host
+ * sequence in one sub-batch beside the device's (CPU attention then hides
+ * only under the device's attention, but the device passes over the
+ * weights once instead of twice) than with cut of them in sub-batch 0. */
+static bool one_sub_batch_is_faster(const td_fwd_dev *f, int32_t n_seqs, int32_t n_host, int32_t cut) {
+    if (!f->profile || cut >= n_host)
+        return false;
+    const td_cost_shape shape = td_cost_shape_of(&f->m->cfg);
+    td_cost_batch b = cost_batch(f, n_seqs, n_host, cut);
     const double two = td_cost_predict(f->profile, &shape, &b).step;
     b.n_sub = 1;
     return td_cost_predict(f->profile, &shape, &b).step < two;
 }
+
+/* After a pipelined step: its measured busy times against the model's
+ * prediction (uncalibrated) move the calibration (online). */
+static void calibrate(td_fwd_dev *f) {
+    const td_pipe_stats *now = td_pipe_get_stats(f->pipe);
+    const td_sim_result measured = {.step = now->step - f->seen.step,
+                                    .device = now->device - f->seen.device,
+                                    .d2h = now->d2h - f->seen.d2h,
+                                    .h2d = now->h2d - f->seen.h2d,
+                                    .cpu = now->cpu - f->seen.cpu};
+    const bool first = f->seen.steps == 0; /* cold: pages, caches, thread wake-ups */
+    f->seen = *now;
+    if (!f->profile || f->planned.batch == 0 || first)
+        return;
+    const td_cost_shape shape = td_cost_shape_of(&f->m->cfg);
+    /* 200 µs: below, a step's busy time is mostly timer noise */
+    td_cost_calibrate(&f->calib, f->profile, &shape, &f->planned, &measured, 0.2, 200e-6);
+}
+
+const td_cost_calib *td_fwd_dev_calibration(const td_fwd_dev *f) { return &f->calib; }
 
 /* Orders the step's sequences, those whose KV is on the device first
  * (all on the host without dkv, all on the device without hkv), and splits
@@ -596,6 +620,7 @@ static int32_t order_and_split(td_fwd_dev *f, const td_kv_cache *dkv, const td_k
     }
     if (n_host >= 1 && f->force_sub != 2 && (f->force_sub == 1 || one_sub_batch_is_faster(f, n_seqs, n_host, cut)))
         cut = n_host;
+    f->planned = cost_batch(f, n_seqs, n_host, cut);
     int32_t tokens = t, t_cut = t;
     for (int32_t i = 0; i < n_host; i++) {
         tokens += h[i].n_tokens;
@@ -664,6 +689,8 @@ sync:;
     tandem_status st2 = f->pipe ? td_pipe_finish(f->pipe, &e2) : td_dev_stream_sync(d, s, &e2);
     if (st == TANDEM_OK && st2 != TANDEM_OK)
         st = td_fail(err, st2, "forward on %s: %s", d->info.name, e2.msg);
+    if (st == TANDEM_OK && f->pipe)
+        calibrate(f);
     return st;
 }
 

@@ -86,6 +86,9 @@ td_attn_place td_fwd_dev_place(const td_fwd_dev *f);
  * or the forced sub-batch count (sub_batches 0, 1 or 2; p ignored). */
 void td_fwd_dev_set_plan(td_fwd_dev *f, const td_profile *p, int32_t sub_batches);
 
+/* What the pipelined steps have calibrated (engine/forward.h). */
+const td_cost_calib *td_fwd_dev_calibration(const td_fwd_dev *f);
+
 /* Copies the blocks of moves (engine/forward.h, td_forward_move_kv) over
  * the pipeline's copy streams and waits for them. */
 tandem_status td_fwd_dev_move_kv(td_fwd_dev *f, td_kv_cache *dkv, td_kv_cache *hkv, const td_kv_move *moves, int32_t n,

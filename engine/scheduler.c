@@ -377,14 +377,7 @@ static tandem_status move_back(td_sched *s, td_error *err) {
  * device-pool sequences and k of the nh host-pool ones, over k (and one or
  * two sub-batches): the k that reaches it. */
 static int32_t best_host_count(const td_sched *s, int32_t nd, int32_t nh, double ctx) {
-    const td_llama_config *c = &td_forward_model(s->fw)->cfg;
-    const td_cost_shape shape = {.n_layers = c->n_layers,
-                                 .n_embd = c->n_embd,
-                                 .n_heads = c->n_heads,
-                                 .n_kv_heads = c->n_kv_heads,
-                                 .head_dim = c->head_dim,
-                                 .n_ff = c->n_ff,
-                                 .n_vocab = c->n_vocab};
+    const td_cost_shape shape = td_cost_shape_of(&td_forward_model(s->fw)->cfg);
     int32_t best = nh;
     double best_rate = 0;
     /* at most ~64 candidates: the rate is smooth in k */
@@ -398,7 +391,8 @@ static int32_t best_host_count(const td_sched *s, int32_t nd, int32_t nh, double
                                .n_host = k,
                                .threads = td_forward_threads(s->fw),
                                .host_in_first = -1,
-                               .n_sub = sub};
+                               .n_sub = sub,
+                               .calib = td_forward_calibration(s->fw)};
             const double rate = (nd + k) / td_cost_predict(s->c.profile, &shape, &b).step;
             if (rate > best_rate * (1 + 1e-9)) /* ties go to more sequences: k runs down */
                 best_rate = rate, best = k;

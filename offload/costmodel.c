@@ -88,9 +88,13 @@ void td_cost_step(const td_profile *p, const td_cost_shape *m, const td_cost_bat
     s->before = copy_s(p, B * (4 * 10 + ceil(ctx / BLOCK_TOKENS) * 4), true) + row_op(p, B * E * 4);
     s->after = row_op(p, B * E * 8) + row_op(p, B * E * 6) + gemm(p, B, V, E) + copy_s(p, B * V * 4, false);
     const int32_t nh = b->n_host < 0 ? 0 : b->n_host > b->batch ? b->batch : b->n_host, nd = b->batch - nh;
+    const td_cost_calib cal = b->calib ? *b->calib : TD_COST_CALIB_NONE;
+    s->handoff *= cal.handoff;
+    s->before *= cal.device;
+    s->after *= cal.device;
     if (nh == 0) { /* mode device */
         s->n_sub = 0;
-        s->dev_layer = pre_stage(p, m, B) + dattn_stage(p, m, nd, ctx) + post_stage(p, m, B);
+        s->dev_layer = (pre_stage(p, m, B) + dattn_stage(p, m, nd, ctx) + post_stage(p, m, B)) * cal.device;
         return;
     }
     /* the engine's split (engine/forward_device.c, order_and_split): device
@@ -106,12 +110,50 @@ void td_cost_step(const td_profile *p, const td_cost_shape *m, const td_cost_bat
     s->n_sub = n_sub;
     const double hosts[2] = {first, nh - first}, toks[2] = {nd + first, nh - first};
     for (int32_t k = 0; k < n_sub; k++) {
-        s->pre[k] = pre_stage(p, m, toks[k]);
-        s->dattn[k] = k == 0 ? dattn_stage(p, m, nd, ctx) : 0;
-        s->down[k] = copy_s(p, hosts[k] * W * 4, false);
-        s->attend[k] = attend_stage(p, m, hosts[k], ctx, b->threads);
-        s->up[k] = copy_s(p, hosts[k] * Q * 2, true);
-        s->post[k] = post_stage(p, m, toks[k]);
+        s->pre[k] = pre_stage(p, m, toks[k]) * cal.device;
+        s->dattn[k] = (k == 0 ? dattn_stage(p, m, nd, ctx) : 0) * cal.device;
+        s->down[k] = copy_s(p, hosts[k] * W * 4, false) * cal.link;
+        s->attend[k] = attend_stage(p, m, hosts[k], ctx, b->threads) * cal.cpu;
+        s->up[k] = copy_s(p, hosts[k] * Q * 2, true) * cal.link;
+        s->post[k] = post_stage(p, m, toks[k]) * cal.device;
+    }
+}
+
+void td_cost_calib_update(td_cost_calib *c, const td_sim_result *predicted, const td_sim_result *measured, double w,
+                          double min_s) {
+    const double pred[3] = {predicted->device, predicted->d2h + predicted->h2d, predicted->cpu},
+                 meas[3] = {measured->device, measured->d2h + measured->h2d, measured->cpu};
+    double *f[3] = {&c->device, &c->link, &c->cpu};
+    for (int i = 0; i < 3; i++) {
+        if (!(pred[i] >= min_s && meas[i] >= min_s))
+            continue;
+        const double r = meas[i] / pred[i];
+        *f[i] = c->steps == 0 ? r : (1 - w) * *f[i] + w * r;
+    }
+    c->steps++;
+}
+
+void td_cost_calibrate(td_cost_calib *c, const td_profile *p, const td_cost_shape *m, const td_cost_batch *b,
+                       const td_sim_result *measured, double w, double min_s) {
+    td_cost_batch raw = *b;
+    raw.calib = NULL;
+    td_sim_step s;
+    td_cost_step(p, m, &raw, &s);
+    td_sim_result predicted = td_sim_run(&s);
+    predicted.device -= s.before + s.after; /* the pipeline's busy times cover its layers only */
+    td_cost_calib_update(c, &predicted, measured, w, min_s);
+    /* the hand-offs: what the calibrated busy times leave of the step */
+    td_cost_calib busy = *c;
+    busy.handoff = 1;
+    raw.calib = &busy;
+    td_cost_step(p, m, &raw, &s);
+    const double with = td_sim_run(&s).step;
+    s.handoff = 0;
+    const double without = td_sim_run(&s).step;
+    if (with - without >= min_s && measured->step > 0) {
+        double r = (measured->step - without) / (with - without);
+        r = r < 0 ? 0 : r > 10 ? 10 : r;
+        c->handoff = c->steps <= 1 ? r : (1 - w) * c->handoff + w * r;
     }
 }
 
@@ -141,14 +183,19 @@ void td_cost_plan_search(const td_profile *p, const td_cost_shape *m, int32_t ba
     double best_tok = 0;
     out->device_batch = dev_max;
     if (dev_max > 0) {
-        td_cost_batch b = {.batch = dev_max, .ctx = ctx, .threads = lim->threads, .host_in_first = -1};
+        td_cost_batch b = {
+            .batch = dev_max, .ctx = ctx, .threads = lim->threads, .host_in_first = -1, .calib = lim->calib};
         td_sim_result r = td_cost_predict(p, m, &b);
         out->device_tok_s = dev_max / r.step;
         best = r, best_tok = out->device_tok_s, out->chosen = 0;
     }
     if (host_max > 0) { /* cpu-attn: every sequence the host holds */
-        td_cost_batch b = {
-            .batch = host_max, .ctx = ctx, .n_host = host_max, .threads = lim->threads, .host_in_first = -1};
+        td_cost_batch b = {.batch = host_max,
+                           .ctx = ctx,
+                           .n_host = host_max,
+                           .threads = lim->threads,
+                           .host_in_first = -1,
+                           .calib = lim->calib};
         td_sim_result r = td_cost_predict(p, m, &b);
         out->cpu_attn_tok_s = host_max / r.step;
         if (out->cpu_attn_tok_s > best_tok)
@@ -166,8 +213,13 @@ void td_cost_plan_search(const td_profile *p, const td_cost_shape *m, int32_t ba
         /* the host sequences in one sub-batch beside the device's, or in
          * two (the engine runs whichever the model predicts faster) */
         for (int32_t sub = 1; sub <= (nh >= 2 ? 2 : 1); sub++) {
-            td_cost_batch b = {
-                .batch = nd + nh, .ctx = ctx, .n_host = nh, .threads = lim->threads, .host_in_first = -1, .n_sub = sub};
+            td_cost_batch b = {.batch = nd + nh,
+                               .ctx = ctx,
+                               .n_host = nh,
+                               .threads = lim->threads,
+                               .host_in_first = -1,
+                               .n_sub = sub,
+                               .calib = lim->calib};
             td_sim_result r = td_cost_predict(p, m, &b);
             const double tok = (nd + nh) / r.step;
             if (tok > out->hybrid_tok_s) {

@@ -35,6 +35,30 @@ double td_cost_kv_bytes_per_token(const td_cost_shape *m);
  * rows take (engine/forward_device.c's buffers, logits for every row). */
 double td_cost_device_fixed_bytes(const td_cost_shape *m, int32_t max_tokens);
 
+/* Online calibration: factors the engine learns from its own steps
+ * (td_cost_calib_update), each multiplying the predicted stage times of
+ * one resource. {1, 1, 1}: the profile as measured. The CPU's is the one
+ * that moves: the attention kernel reads slower inside a pipeline, where
+ * the device's threads and the hand-offs share the cores, than alone in
+ * `tandem tune`. */
+typedef struct td_cost_calib {
+    double device, link, cpu;
+    double handoff; /* the profile's hand-off latency: the one figure no resource's busy time shows */
+    int64_t steps;  /* folded in so far */
+} td_cost_calib;
+
+#define TD_COST_CALIB_NONE ((td_cost_calib){1, 1, 1, 1, 0})
+
+/* Folds a measured step into c: for each resource busy at least min_s in
+ * both the prediction (made without c) and the measurement, the factor
+ * moves toward measured / predicted by weight w (the first step sets it).
+ * The hand-off factor moves toward what explains the rest of the step:
+ * (measured step - the step predicted with the calibrated busy times and
+ * no hand-offs) / (the same with the profile's hand-offs - without), when
+ * the hand-offs predict at least min_s of it. */
+void td_cost_calib_update(td_cost_calib *c, const td_sim_result *predicted, const td_sim_result *measured, double w,
+                          double min_s);
+
 /* A uniform decode batch: B sequences of ctx cached tokens, n_host of
  * them with KV on the host, attending on the CPU with `threads` threads. */
 typedef struct td_cost_batch {
@@ -43,8 +67,14 @@ typedef struct td_cost_batch {
     /* host sequences in sub-batch 0 (the rest in 1); -1: the engine's
      * balance (half the CPU work each, device sequences all in 0) */
     int32_t host_in_first;
-    int32_t n_sub; /* 1 or 2 when n_host > 0 (0: the engine's choice, 2 when n_host >= 2) */
+    int32_t n_sub;              /* 1 or 2 when n_host > 0 (0: the engine's choice, 2 when n_host >= 2) */
+    const td_cost_calib *calib; /* NULL: none */
 } td_cost_batch;
+
+/* The same for a step of b on p, predicting it itself (the engine's
+ * online calibration); measured: the pipeline's busy times and step. */
+void td_cost_calibrate(td_cost_calib *c, const td_profile *p, const td_cost_shape *m, const td_cost_batch *b,
+                       const td_sim_result *measured, double w, double min_s);
 
 /* The simulator's input for one step of b, every op costed. */
 void td_cost_step(const td_profile *p, const td_cost_shape *m, const td_cost_batch *b, td_sim_step *out);
@@ -68,7 +98,8 @@ typedef struct td_cost_plan {
 typedef struct td_cost_limits {
     double gpu_mem, host_kv; /* bytes */
     int32_t threads;
-    int32_t host_seqs; /* -1: search the hybrid split; else evaluate this one */
+    int32_t host_seqs;          /* -1: search the hybrid split; else evaluate this one */
+    const td_cost_calib *calib; /* NULL: none */
 } td_cost_limits;
 
 void td_cost_plan_search(const td_profile *p, const td_cost_shape *m, int32_t batch, int32_t ctx,

@@ -180,6 +180,45 @@ static void test_plan_regimes(void) {
     td_profile_free(p);
 }
 
+static void test_calibration(void) {
+    td_cost_calib c = TD_COST_CALIB_NONE;
+    const td_sim_result pred = {.device = 10e-3, .d2h = 1e-3, .h2d = 1e-3, .cpu = 20e-3};
+    td_sim_result meas = {.device = 11e-3, .d2h = 1e-3, .h2d = 3e-3, .cpu = 30e-3};
+    CU_ASSERT_EQUAL(c.handoff, 1);
+    td_cost_calib_update(&c, &pred, &meas, 0.5, 1e-4); /* the first step sets the factors */
+    CU_ASSERT(NEAR(c.device, 1.1) && NEAR(c.link, 2.0) && NEAR(c.cpu, 1.5));
+    meas.cpu = 20e-3;
+    meas.d2h = meas.h2d = 10e-6; /* under min_s: the link's factor stays */
+    td_cost_calib_update(&c, &pred, &meas, 0.5, 1e-4);
+    CU_ASSERT(NEAR(c.cpu, 1.25) && NEAR(c.link, 2.0) && NEAR(c.device, 1.1));
+    CU_ASSERT_EQUAL(c.steps, 2);
+    /* a calibrated prediction scales each resource's stages */
+    td_profile *p = toy_profile(50, 80e9);
+    td_cost_batch b = {.batch = 12, .ctx = 1000, .n_host = 4, .threads = 2, .host_in_first = -1};
+    td_sim_step raw, cal;
+    td_cost_step(p, &big, &b, &raw);
+    b.calib = &c;
+    td_cost_step(p, &big, &b, &cal);
+    CU_ASSERT(NEAR(cal.attend[0], 1.25 * raw.attend[0]) && NEAR(cal.pre[1], 1.1 * raw.pre[1]) &&
+              NEAR(cal.down[0], 2.0 * raw.down[0]) && NEAR(cal.after, 1.1 * raw.after));
+    /* the engine's form: a measured step 30% longer than the calibrated
+     * busy times explain is put on the hand-offs */
+    td_cost_calib e = TD_COST_CALIB_NONE;
+    b.calib = NULL;
+    td_cost_step(p, &big, &b, &raw);
+    td_sim_result pr = td_sim_run(&raw);
+    pr.device -= raw.before + raw.after;
+    td_sim_step nho = raw;
+    nho.handoff = 0;
+    const double without = td_sim_run(&nho).step, with = td_sim_run(&raw).step;
+    td_sim_result m = pr;
+    m.step = without + 1.3 * (with - without);
+    td_cost_calibrate(&e, p, &big, &b, &m, 0.5, 1e-9);
+    CU_ASSERT(NEAR(e.device, 1) && NEAR(e.cpu, 1));
+    CU_ASSERT(fabs(e.handoff - 1.3) < 1e-6);
+    td_profile_free(p);
+}
+
 void td_test_register(void) {
     static const td_test tests[] = {
         {"simulator: mode device", test_sim_device_mode},
@@ -187,6 +226,7 @@ void td_test_register(void) {
         {"simulator: two sub-batches, CPU-bound and device-bound", test_sim_two_sub},
         {"cost model: stage costs", test_cost_stages},
         {"plan search: device, hybrid and cpu-attn regimes", test_plan_regimes},
+        {"online calibration", test_calibration},
         {NULL, NULL},
     };
     td_add_suite("costmodel", tests);

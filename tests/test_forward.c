@@ -238,6 +238,9 @@ static bool host_at(int32_t stepno, uint32_t i, bool migrate) {
     }
 }
 
+/* Pipelined steps' sub-batch count (td_forward_set_sub_batches; 0: the forward's choice). */
+static int32_t force_sub;
+
 static void generate_on(td_device *dev, td_attn_place attn, td_model *m, td_dtype kv_dtype, const uint32_t *which,
                         uint32_t n, bool stagger, int32_t chunk, bool migrate, int32_t (*out)[64],
                         float *first_logits) {
@@ -248,9 +251,10 @@ static void generate_on(td_device *dev, td_attn_place attn, td_model *m, td_dtyp
     td_kv_cache *hkv = attn == TD_ATTN_HYBRID && dev ? kv_on(m, kv_dtype, (int32_t)n, NULL, NULL) : NULL;
     td_forward *fw = NULL;
     td_error err;
-    if (dev)
+    if (dev) {
         TD_ASSERT_OK(td_forward_create_on_device(m, dev, attn, MAX_TOKENS, 0, &fw, &err), &err);
-    else
+        td_forward_set_sub_batches(fw, force_sub);
+    } else
         TD_ASSERT_OK(td_forward_create(m, MAX_TOKENS, 0, &fw, &err), &err);
     int32_t seq[16], done_prompt[16] = {0}, n_gen[16] = {0}, last[16], who[16];
     bool on_host[16];
@@ -452,6 +456,13 @@ static void device_emu_equals_host(td_attn_place attn) {
         /* sequences moving between the pools, prompts mid-way included: the same tokens */
         int32_t moved[16][64];
         generate_on(dev, attn, m, TD_DTYPE_BF16, which, O.n_prompts, true, 7, true, moved, NULL);
+        for (uint32_t i = 0; i < O.n_prompts; i++)
+            CU_ASSERT(memcmp(host_st[i], moved[i], O.gen * sizeof host[i][0]) == 0);
+        /* every host sequence in one sub-batch beside the device's, whose
+         * attention (its own stage) overlaps theirs */
+        force_sub = 1;
+        generate_on(dev, attn, m, TD_DTYPE_BF16, which, O.n_prompts, true, 7, true, moved, NULL);
+        force_sub = 0;
         for (uint32_t i = 0; i < O.n_prompts; i++)
             CU_ASSERT(memcmp(host_st[i], moved[i], O.gen * sizeof host[i][0]) == 0);
     }

@@ -260,6 +260,35 @@ class Cli(unittest.TestCase):
         for i, r in ref.items():
             self.assertEqual(out[i]["completion"], r["completion"], i)
 
+    def test_plan(self):
+        # the cost model's prediction for a preset machine: the chosen mode is the fastest of the three,
+        # the chart is SVG with a polyline per series; a fixed host count is evaluated as asked
+        svg = path("plan.svg")
+        p = subprocess.run([TANDEM, "plan", "--profile", "T4", "--model", MODEL, "--batch", "64", "--ctx", "2048",
+                            "--svg", svg, "--json"], capture_output=True, text=True, timeout=120)
+        self.assertEqual(p.returncode, 0, p.stderr)
+        r = json.loads(p.stdout)
+        modes = {"device": r["device_tok_s"], "cpu-attn": r["cpu_attn_tok_s"], "hybrid": r["hybrid_tok_s"]}
+        self.assertTrue(all(v >= 0 for v in modes.values()) and max(modes.values()) > 0, r)
+        self.assertEqual(r["chosen"], max(modes, key=modes.get))
+        self.assertAlmostEqual(r["chosen_tok_s"], modes[r["chosen"]], delta=0.2)
+        self.assertLess(r["search_ms"], 50)
+        import xml.etree.ElementTree as ET
+        root = ET.parse(svg).getroot()
+        self.assertTrue(root.tag.endswith("svg"))
+        self.assertGreaterEqual(len([e for e in root.iter() if e.tag.endswith("polyline")]), 4)
+        p = subprocess.run([TANDEM, "plan", "--profile", "T4", "--model", MODEL, "--batch", "64", "--ctx", "2048",
+                            "--host-seqs", "5", "--svg", "-", "--json"], capture_output=True, text=True, timeout=60)
+        self.assertEqual(json.loads(p.stdout)["hybrid_host_seqs"], 5)
+        # errors: an unknown preset names the presets there are; a missing profile is a usage error
+        p = subprocess.run([TANDEM, "plan", "--profile", "V100", "--model", MODEL, "--svg", "-"], capture_output=True,
+                           text=True, timeout=60)
+        self.assertEqual(p.returncode, 2)
+        self.assertIn("H100-PCIe", p.stderr)
+        p = subprocess.run([TANDEM, "plan", "--batch", "0"], capture_output=True, text=True, timeout=60)
+        self.assertEqual(p.returncode, 1)
+        self.assertIn("--batch", p.stderr)
+
     def test_emu_timed(self):
         # timed mode: the device takes an H100's time and computes nothing; the job runs to the end
         inp = write_lines("timed.jsonl", jsonl(PROMPTS[:4]))
