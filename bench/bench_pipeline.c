@@ -47,6 +47,9 @@
 #include "offload/costmodel.h"
 
 #define DEFAULT_MODEL "models/SmolLM2-135M-Instruct.Q4_1.gguf"
+/* Untimed steps before the timed ones: the first is cold (pages, caches),
+ * the others calibrate the cost model online. */
+#define WARMUP 3
 
 typedef struct options {
     const char *model, *gpu, *link, *trace, *jsonl, *profile;
@@ -152,9 +155,9 @@ static result run_mode(const options *o, const td_model *m, td_device *dev, cons
                        .head_dim = c->head_dim,
                        .dtype = TD_DTYPE_BF16,
                        .max_seqs = B,
-                       .max_seq_tokens = L + o->steps + 1,
+                       .max_seq_tokens = L + WARMUP + o->steps + 1,
                        .n_threads = o->threads};
-    const size_t per_seq = seq_kv_bytes(m, L + o->steps);
+    const size_t per_seq = seq_kv_bytes(m, L + WARMUP + o->steps);
     void *pool = NULL;
     td_kv_cache *kv = NULL, *hkv = NULL;
     if (n_host > 0) {
@@ -187,7 +190,7 @@ static result run_mode(const options *o, const td_model *m, td_device *dev, cons
     }
     td_pipe *p = td_forward_pipe(fw);
     result r = {0};
-    for (int s = -3; s < o->steps; s++) { /* three untimed steps first (the last two calibrate) */
+    for (int s = -WARMUP; s < o->steps; s++) { /* untimed steps first (all but the first calibrate) */
         if (s == 0) {
             r.calib = *td_forward_calibration(fw);
             r.step_s = td_seconds();
@@ -240,7 +243,7 @@ static int device_room(const options *o, const td_model *m, td_device *dev, int 
         die("forward (the weights do not fit the device?)", &err);
     const double left = (double)dev->info.mem_total - (double)td_dev_mem_used(dev);
     td_forward_destroy(fw);
-    const double n = floor(0.9 * left / (double)seq_kv_bytes(m, L + o->steps));
+    const double n = floor(0.9 * left / (double)seq_kv_bytes(m, L + WARMUP + o->steps));
     return n < 0 ? 0 : n > B ? B : (int)n;
 }
 
@@ -291,8 +294,8 @@ int main(int argc, char **argv) {
     for (int k = 0; k < o.n_configs; k++) {
         const int B = o.batch[k];
         int L = o.ctx[k];
-        if (L + o.steps + 1 > c->n_ctx) { /* the steps must fit the context */
-            L = c->n_ctx - o.steps - 1;
+        if (L + WARMUP + o.steps + 1 > c->n_ctx) { /* the steps must fit the context */
+            L = c->n_ctx - WARMUP - o.steps - 1;
             printf("(ctx %d: %d, so that %d steps fit the model's context of %d)\n", o.ctx[k], L, o.steps, c->n_ctx);
         }
         const int room = device_room(&o, m, dev, B, L);
@@ -326,7 +329,7 @@ int main(int argc, char **argv) {
                        n_dev == 0 ? "no room on the device for a sequence" : "the plan is not hybrid: see above");
                 continue;
             }
-            const double host_kv = (double)n_host * (double)seq_kv_bytes(m, L + o.steps),
+            const double host_kv = (double)n_host * (double)seq_kv_bytes(m, L + WARMUP + o.steps),
                          avail = (double)sysconf(_SC_AVPHYS_PAGES) * (double)sysconf(_SC_PAGESIZE);
             if (host_kv > 0.8 * avail) {
                 printf("%6d %6d  %-9s (skipped: %.1f GB of host KV, %.1f GB of memory free)\n", B, L, rows[row].name,
@@ -368,10 +371,11 @@ int main(int argc, char **argv) {
                         "{\"bench\":\"pipeline\",\"gpu\":\"%s\",\"link\":\"%s\",\"gpu_mem\":%zu,\"batch\":%d,"
                         "\"ctx\":%d,\"mode\":\"%s\",\"dev\":%d,\"host\":%d,\"tok_s\":%.1f,\"step_ms\":%.3f,"
                         "\"device\":%.4f,\"d2h\":%.4f,\"h2d\":%.4f,\"cpu\":%.4f,\"overlap\":%.4f,"
-                        "\"predicted_ms\":%.3f,\"calibrated_ms\":%.3f}\n",
+                        "\"predicted_ms\":%.3f,\"calibrated_ms\":%.3f,\"calib\":[%.3f,%.3f,%.3f,%.3f]}\n",
                         o.gpu, o.link, dev->info.mem_total, B, L, rows[row].name, n_dev, n_host, n / r.step_s,
                         r.step_s * 1e3, r.ps.device / step, r.ps.d2h / step, r.ps.h2d / step, r.ps.cpu / step,
-                        r.ps.steps ? busiest / step : 0.0, pred * 1e3, cal * 1e3);
+                        r.ps.steps ? busiest / step : 0.0, pred * 1e3, cal * 1e3, r.calib.device, r.calib.link,
+                        r.calib.cpu, r.calib.handoff);
         }
     }
     if (trace)

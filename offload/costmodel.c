@@ -142,17 +142,28 @@ void td_cost_calibrate(td_cost_calib *c, const td_profile *p, const td_cost_shap
     td_sim_result predicted = td_sim_run(&s);
     predicted.device -= s.before + s.after; /* the pipeline's busy times cover its layers only */
     td_cost_calib_update(c, &predicted, measured, w, min_s);
-    /* the hand-offs: what the calibrated busy times leave of the step */
+    /* the hand-offs: the factor at which the simulated step, with the
+     * calibrated busy times, is as long as the measured one (the step
+     * grows with it monotonically, and faster than linearly once the
+     * hand-offs stop hiding: bisection, not a ratio) */
     td_cost_calib busy = *c;
     busy.handoff = 1;
     raw.calib = &busy;
     td_cost_step(p, m, &raw, &s);
-    const double with = td_sim_run(&s).step;
+    const double h = s.handoff;
     s.handoff = 0;
     const double without = td_sim_run(&s).step;
-    if (with - without >= min_s && measured->step > 0) {
-        double r = (measured->step - without) / (with - without);
-        r = r < 0 ? 0 : r > 10 ? 10 : r;
+    s.handoff = h;
+    if (td_sim_run(&s).step - without >= min_s && measured->step > without) {
+        double lo = 0, hi = 16;
+        for (int i = 0; i < 40; i++) {
+            s.handoff = h * (lo + hi) / 2;
+            if (td_sim_run(&s).step < measured->step)
+                lo = (lo + hi) / 2;
+            else
+                hi = (lo + hi) / 2;
+        }
+        const double r = (lo + hi) / 2;
         c->handoff = c->steps <= 1 ? r : (1 - w) * c->handoff + w * r;
     }
 }

@@ -53,9 +53,9 @@ typedef struct td_cost_calib {
  * both the prediction (made without c) and the measurement, the factor
  * moves toward measured / predicted by weight w (the first step sets it).
  * The hand-off factor moves toward what explains the rest of the step:
- * (measured step - the step predicted with the calibrated busy times and
- * no hand-offs) / (the same with the profile's hand-offs - without), when
- * the hand-offs predict at least min_s of it. */
+ * the factor at which the step simulated with the calibrated busy times
+ * is as long as the measured one (found by bisection in [0, 16]), when
+ * the profile's hand-offs predict at least min_s of the step. */
 void td_cost_calib_update(td_cost_calib *c, const td_sim_result *predicted, const td_sim_result *measured, double w,
                           double min_s);
 
