@@ -20,10 +20,6 @@
 #include "offload/profile.h"
 #include "tandem.h"
 
-#ifndef TANDEM_DEFAULT_MODEL
-#define TANDEM_DEFAULT_MODEL "models/SmolLM2-135M-Instruct.Q4_1.gguf"
-#endif
-
 #define DEFAULT_MAX_BATCH 256
 #define DEFAULT_STEP_TOKENS 2048
 #define DEFAULT_KV_CAP ((size_t)4 << 30)
@@ -76,26 +72,6 @@ static tandem_status keep(tandem_engine *e, tandem_status st) {
     return st;
 }
 
-void tandem_config_init(tandem_config *c) {
-    memset(c, 0, sizeof *c);
-    c->struct_size = sizeof *c;
-}
-
-void tandem_sampling_init(tandem_sampling *s) {
-    td_sampling d;
-    td_sampling_default(&d);
-    memset(s, 0, sizeof *s);
-    s->struct_size = sizeof *s;
-    s->max_tokens = 256;
-    s->temperature = d.temperature;
-    s->top_k = d.top_k;
-    s->top_p = d.top_p;
-    s->min_p = d.min_p;
-    s->repetition_penalty = d.repetition_penalty;
-    s->penalty_last_n = d.penalty_last_n;
-    s->seed = d.seed;
-}
-
 const char *tandem_finish_name(tandem_finish f) { return td_finish_name((td_finish)f); }
 
 /* Physical memory, or 0 when the system does not say. */
@@ -120,27 +96,16 @@ static const char *mode_name(tandem_mode m) {
  * where tandem_engine_device will say why. */
 static tandem_status open_device(tandem_engine *e) {
     const tandem_config *c = &e->cfg;
-    if ((c->emu_gpu || c->emu_link) && c->device != TANDEM_DEVICE_EMU)
-        return fail(e, TANDEM_ERR_INVALID_ARGUMENT, "config: emu_gpu and emu_link apply to device emu only");
+    td_device_config dc;
+    td_error de;
+    tandem_status st = td_api_device_config(c->device, c->emu_gpu, c->emu_link, c->threads, &dc, &de);
+    if (st != TANDEM_OK)
+        return fail(e, st, "config: %s", de.msg);
     if (c->device == TANDEM_DEVICE_CPU) {
         snprintf(e->where, sizeof e->where, "cpu");
         return TANDEM_OK;
     }
-    td_device_config dc;
-    td_device_config_default(&dc);
-    dc.kind = c->device == TANDEM_DEVICE_EMU ? TD_DEVICE_KIND_EMU : TD_DEVICE_KIND_CUDA;
-    dc.emu_threads = c->threads;
-    if (c->emu_gpu) {
-        if (!(dc.gpu = td_gpu_model_find(c->emu_gpu)))
-            return fail(e, TANDEM_ERR_INVALID_ARGUMENT,
-                        "config: emu_gpu '%s' is no GPU preset (T4, A10G, A100-SXM, H100-PCIe, H100-SXM)", c->emu_gpu);
-        dc.emu_mode = TD_EMU_TIMED;
-    }
-    if (c->emu_link && !(dc.link = td_link_model_find(c->emu_link)))
-        return fail(e, TANDEM_ERR_INVALID_ARGUMENT,
-                    "config: emu_link '%s' is no link preset (pcie3-x16, pcie4-x16, pcie5-x16)", c->emu_link);
-    td_error de;
-    tandem_status st = td_device_open(&dc, &e->dev, &de);
+    st = td_device_open(&dc, &e->dev, &de);
     if (st != TANDEM_OK) {
         if (c->device != TANDEM_DEVICE_AUTO)
             /* the plugin's messages start with "cuda: " */
@@ -167,7 +132,7 @@ static tandem_status open_host_pool(tandem_engine *e, const td_kv_config *kc, td
 static tandem_status open_parts(tandem_engine *e) {
     tandem_config *c = &e->cfg;
     td_error *err = &e->err;
-    if (c->struct_size < sizeof(tandem_config))
+    if (c->struct_size < TD_API_CONFIG_MIN_SIZE)
         return fail(e, TANDEM_ERR_INVALID_ARGUMENT, "config: struct_size %zu (call tandem_config_init first)",
                     c->struct_size);
     if ((unsigned)c->device > TANDEM_DEVICE_EMU)
@@ -287,24 +252,17 @@ static tandem_status open_parts(tandem_engine *e) {
     return TANDEM_OK;
 }
 
-const char *td_api_model_path(const char *given) {
-    const char *path = given;
-    if (!path)
-        path = getenv("TANDEM_MODEL");
-    return path && *path ? path : TANDEM_DEFAULT_MODEL;
-}
-
 tandem_status tandem_engine_open(const tandem_config *c, tandem_engine **out) {
     *out = NULL;
     tandem_engine *e = calloc(1, sizeof *e);
     if (!e)
         return TANDEM_ERR_OUT_OF_MEMORY;
     *out = e;
-    if (!c) {
-        tandem_config_init(&e->cfg);
-    } else {
+    tandem_config_init(&e->cfg);
+    if (c) { /* an older caller's struct is shorter: the fields past it keep their defaults */
         size_t n = c->struct_size < sizeof e->cfg ? c->struct_size : sizeof e->cfg;
         memcpy(&e->cfg, c, n);
+        e->cfg.struct_size = c->struct_size; /* open_parts checks it (n may be 0) */
     }
     e->cfg.model_path = strdup(td_api_model_path(e->cfg.model_path));
     if (!e->cfg.model_path)
@@ -385,13 +343,14 @@ static tandem_status submit(tandem_engine *e, const int32_t *ids, size_t n, cons
                             tandem_request **out) {
     *out = NULL;
     tandem_sampling d;
-    if (!s) {
-        tandem_sampling_init(&d);
-        s = &d;
-    } else if (s->struct_size < sizeof *s) {
-        return fail(e, TANDEM_ERR_INVALID_ARGUMENT, "sampling: struct_size %zu (call tandem_sampling_init first)",
-                    s->struct_size);
+    tandem_sampling_init(&d);
+    if (s) { /* an older caller's struct is shorter: the fields past it keep their defaults */
+        if (s->struct_size < TD_API_SAMPLING_MIN_SIZE)
+            return fail(e, TANDEM_ERR_INVALID_ARGUMENT, "sampling: struct_size %zu (call tandem_sampling_init first)",
+                        s->struct_size);
+        memcpy(&d, s, s->struct_size < sizeof d ? s->struct_size : sizeof d);
     }
+    s = &d;
     if (n == 0)
         return fail(e, TANDEM_ERR_INVALID_ARGUMENT, "the prompt is empty");
     if (n > INT32_MAX)

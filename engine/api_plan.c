@@ -11,14 +11,6 @@
 #include "offload/costmodel.h"
 #include "tandem.h"
 
-void tandem_plan_query_init(tandem_plan_query *q) {
-    memset(q, 0, sizeof *q);
-    q->struct_size = sizeof *q;
-    q->batch = 64;
-    q->ctx = 2048;
-    q->host_seqs = -1;
-}
-
 static tandem_status fail(char *buf, size_t cap, tandem_status st, const char *fmt, ...) {
     if (buf && cap) {
         va_list ap;

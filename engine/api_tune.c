@@ -6,19 +6,16 @@
 #include <stdio.h>
 #include <string.h>
 
+#include "engine/api_util.h"
 #include "engine/model.h"
 #include "gpu/device.h"
 #include "offload/profile.h"
 #include "offload/tune.h"
 #include "tandem.h"
 
-void tandem_tune_config_init(tandem_tune_config *c) {
-    if (!c)
-        return;
-    memset(c, 0, sizeof *c);
-    c->struct_size = sizeof *c;
-    c->device = TANDEM_DEVICE_AUTO;
-}
+/* The emulated device's models when the config names none: it is timed
+ * (a GPU's times, not the host's: the host is the CPU being measured). */
+static const char EMU_GPU[] = "H100-PCIe", EMU_LINK[] = "pcie5-x16";
 
 TD_PRINTF(4, 5)
 static tandem_status fail(char *err, size_t cap, tandem_status st, const char *fmt, ...) {
@@ -37,30 +34,34 @@ static tandem_status open_device(const tandem_tune_config *c, td_device **out, c
                                  td_error *err) {
     why[0] = '\0';
     td_device_config dc;
-    td_device_config_default(&dc);
+    tandem_status st;
     if (c->device == TANDEM_DEVICE_CUDA || c->device == TANDEM_DEVICE_AUTO) {
-        dc.kind = TD_DEVICE_KIND_CUDA;
-        tandem_status st = td_device_open(&dc, out, err);
+        (void)td_api_device_config(TANDEM_DEVICE_CUDA, NULL, NULL, 0, &dc, err); /* nothing to refuse */
+        st = td_device_open(&dc, out, err);
         if (st == TANDEM_OK || c->device == TANDEM_DEVICE_CUDA)
             return st;
         snprintf(why, why_cap, "%s", err->msg);
-        td_device_config_default(&dc);
     }
-    dc.kind = TD_DEVICE_KIND_EMU;
-    dc.emu_mode = TD_EMU_TIMED; /* a GPU's times, not the host's: the host is the CPU being measured */
-    dc.gpu = td_gpu_model_find(c->emu_gpu ? c->emu_gpu : "H100-PCIe");
-    dc.link = td_link_model_find(c->emu_link ? c->emu_link : "pcie5-x16");
+    if ((st = td_api_device_config(TANDEM_DEVICE_EMU, c->emu_gpu ? c->emu_gpu : EMU_GPU,
+                                   c->emu_link ? c->emu_link : EMU_LINK, 0, &dc, err)))
+        return st;
     return td_device_open(&dc, out, err);
 }
 
-tandem_status tandem_tune(const tandem_tune_config *c, const char *out_path, char *err, size_t err_cap) {
+tandem_status tandem_tune(const tandem_tune_config *cin, const char *out_path, char *err, size_t err_cap) {
     if (err && err_cap)
         err[0] = '\0';
-    if (!c)
+    if (!cin)
         return fail(err, err_cap, TANDEM_ERR_INVALID_ARGUMENT, "tune: no config");
-    if (c->struct_size < sizeof(tandem_tune_config))
+    if (cin->struct_size < TD_API_TUNE_MIN_SIZE)
         return fail(err, err_cap, TANDEM_ERR_INVALID_ARGUMENT,
-                    "tune: struct_size %zu (call tandem_tune_config_init first)", c->struct_size);
+                    "tune: struct_size %zu (call tandem_tune_config_init first)", cin->struct_size);
+    /* an older caller's struct is shorter: the fields past it keep their defaults */
+    tandem_tune_config cfg;
+    tandem_tune_config_init(&cfg);
+    memcpy(&cfg, cin, cin->struct_size < sizeof cfg ? cin->struct_size : sizeof cfg);
+    const tandem_tune_config *c = &cfg;
+    td_error e = {0};
     if (!out_path || !*out_path)
         return fail(err, err_cap, TANDEM_ERR_INVALID_ARGUMENT, "tune: no output file named");
     if ((unsigned)c->device > TANDEM_DEVICE_EMU)
@@ -68,19 +69,14 @@ tandem_status tandem_tune(const tandem_tune_config *c, const char *out_path, cha
     if (c->device == TANDEM_DEVICE_CPU)
         return fail(err, err_cap, TANDEM_ERR_UNSUPPORTED,
                     "tune: device cpu has no device to measure (the profile needs one): use auto, cuda or emu");
-    if ((c->emu_gpu || c->emu_link) && c->device != TANDEM_DEVICE_EMU)
-        return fail(err, err_cap, TANDEM_ERR_INVALID_ARGUMENT, "tune: emu_gpu and emu_link apply to device emu only");
-    if (c->emu_gpu && !td_gpu_model_find(c->emu_gpu))
-        return fail(err, err_cap, TANDEM_ERR_INVALID_ARGUMENT,
-                    "tune: emu_gpu '%s' is no GPU preset (T4, A10G, A100-SXM, H100-PCIe, H100-SXM)", c->emu_gpu);
-    if (c->emu_link && !td_link_model_find(c->emu_link))
-        return fail(err, err_cap, TANDEM_ERR_INVALID_ARGUMENT,
-                    "tune: emu_link '%s' is no link preset (pcie3-x16, pcie4-x16, pcie5-x16)", c->emu_link);
+    td_device_config dc; /* only checked here: the names of emu_gpu and emu_link */
+    tandem_status st = td_api_device_config(c->device, c->emu_gpu, c->emu_link, 0, &dc, &e);
+    if (st)
+        return fail(err, err_cap, st, "tune: %s", e.msg);
     if (c->threads < 0 || c->threads > 65536)
         return fail(err, err_cap, TANDEM_ERR_INVALID_ARGUMENT, "tune: threads %d is out of range [0, 65536]",
                     c->threads);
 
-    td_error e = {0};
     td_model *model = NULL;
     td_tune_options o;
     td_tune_options_default(&o);
@@ -88,7 +84,6 @@ tandem_status tandem_tune(const tandem_tune_config *c, const char *out_path, cha
     o.progress = c->progress;
     o.user = c->user;
     td_tune_shape shapes[5];
-    tandem_status st;
     if (c->model_path) {
         td_model_options mo;
         td_model_options_default(&mo);
@@ -115,8 +110,8 @@ tandem_status tandem_tune(const tandem_tune_config *c, const char *out_path, cha
     char device_name[64], link_name[64], stage[TD_ERROR_MSG_MAX + 160];
     const bool emu = !strcmp(d->info.backend, "emu");
     if (emu) {
-        const char *gpu = c->emu_gpu ? td_gpu_model_find(c->emu_gpu)->name : "H100-PCIe";
-        const char *link = c->emu_link ? td_link_model_find(c->emu_link)->name : "pcie5-x16";
+        const char *gpu = td_gpu_model_find(c->emu_gpu ? c->emu_gpu : EMU_GPU)->name;
+        const char *link = td_link_model_find(c->emu_link ? c->emu_link : EMU_LINK)->name;
         snprintf(device_name, sizeof device_name, "%s (emulated)", gpu);
         snprintf(link_name, sizeof link_name, "%s (emulated)", link);
     } else {

@@ -31,6 +31,20 @@
  * of its latest failure (tandem_engine_errmsg). Nothing prints, exits or
  * aborts. Structs passed in carry their size (set by the *_init functions)
  * so that fields can be added without breaking callers.
+ *
+ * ABI: new fields are only ever appended to a struct. The *_init macros
+ * pass the caller's sizeof to the *_init_sized functions, which write at
+ * most that many bytes and set struct_size to the smaller of it and the
+ * library's own size; the library reads only the fields below a struct's
+ * struct_size (those past it take their defaults) and writes only those
+ * below it (tandem_stats, tandem_plan_result). So a program built against
+ * an older header runs with a newer library; one built against a newer
+ * header runs with an older library, which ignores the fields it does not
+ * have (the struct_size its *_init_sized sets says which those are). A
+ * struct_size below the oldest layout still read is refused with
+ * TANDEM_ERR_INVALID_ARGUMENT: tandem_config up to emu_link, tandem_stats
+ * up to queued, tandem_plan_query up to host_kv_bytes, tandem_plan_result
+ * up to cpu_busy_seconds, tandem_sampling and tandem_tune_config whole.
  */
 #ifndef TANDEM_H
 #define TANDEM_H
@@ -46,6 +60,12 @@ extern "C" {
 #define TANDEM_API __attribute__((visibility("default")))
 #else
 #define TANDEM_API
+#endif
+
+#if defined(__GNUC__) && !defined(TANDEM_BUILD)
+#define TANDEM_DEPRECATED(msg) __attribute__((deprecated(msg)))
+#else
+#define TANDEM_DEPRECATED(msg)
 #endif
 
 #define TANDEM_VERSION_MAJOR 0
@@ -115,7 +135,7 @@ typedef enum tandem_mode {
 } tandem_mode;
 
 typedef struct tandem_config {
-    size_t struct_size;     /* sizeof(tandem_config), set by tandem_config_init */
+    size_t struct_size;     /* set by tandem_config_init */
     const char *model_path; /* GGUF file; NULL: $TANDEM_MODEL, else the default model (scripts/fetch-model) */
     int threads;            /* 0: all the cores OpenMP sees */
     size_t kv_budget_bytes; /* KV pool; 0: a quarter of physical memory, at most 4 GiB, and on a device
@@ -144,7 +164,11 @@ typedef struct tandem_config {
     const char *profile;
 } tandem_config;
 
-TANDEM_API void tandem_config_init(tandem_config *c);
+/* Defaults into the first `size` bytes of *c at most (struct_size = the
+ * smaller of size and sizeof(tandem_config) of the library). Call it as
+ * tandem_config_init(&c): the macro passes sizeof c. */
+TANDEM_API void tandem_config_init_sized(tandem_config *c, size_t size);
+#define tandem_config_init(c) tandem_config_init_sized((c), sizeof *(c))
 
 /* Opens an engine. On success *out is ready. On failure *out is still a
  * handle (unless memory ran out: NULL) that only says why, through
@@ -180,7 +204,7 @@ TANDEM_API tandem_status tandem_detokenize(tandem_engine *e, const int32_t *ids,
 /* ---- requests ---------------------------------------------------------------- */
 
 typedef struct tandem_sampling {
-    size_t struct_size;       /* sizeof(tandem_sampling), set by tandem_sampling_init */
+    size_t struct_size;       /* set by tandem_sampling_init */
     int32_t max_tokens;       /* tokens to generate at most; default 256 */
     float temperature;        /* 0: greedy; default 1 */
     int32_t top_k;            /* 0: off */
@@ -194,7 +218,9 @@ typedef struct tandem_sampling {
     int ignore_eos; /* 1: do not stop at end-of-generation tokens */
 } tandem_sampling;
 
-TANDEM_API void tandem_sampling_init(tandem_sampling *s);
+/* As tandem_config_init_sized; call it as tandem_sampling_init(&s). */
+TANDEM_API void tandem_sampling_init_sized(tandem_sampling *s, size_t size);
+#define tandem_sampling_init(s) tandem_sampling_init_sized((s), sizeof *(s))
 
 typedef enum tandem_finish {
     TANDEM_FINISH_NONE = 0,   /* still queued or running */
@@ -294,7 +320,7 @@ TANDEM_API tandem_status tandem_engine_stats(tandem_engine *e, tandem_stats *out
  * attention) with micro-benchmarks and writes a hardware profile, the JSON
  * the cost model reads (offload/profile.h). Seconds, not minutes. */
 typedef struct tandem_tune_config {
-    size_t struct_size;     /* sizeof(tandem_tune_config), set by tandem_tune_config_init */
+    size_t struct_size;     /* set by tandem_tune_config_init */
     tandem_device device;   /* AUTO: a CUDA GPU, else the emulated device */
     const char *emu_gpu;    /* device EMU: the GPU preset whose times it takes (timed mode); NULL: "H100-PCIe" */
     const char *emu_link;   /* device EMU: the link preset; NULL: "pcie5-x16" */
@@ -306,7 +332,9 @@ typedef struct tandem_tune_config {
     void *user;
 } tandem_tune_config;
 
-TANDEM_API void tandem_tune_config_init(tandem_tune_config *c);
+/* As tandem_config_init_sized; call it as tandem_tune_config_init(&c). */
+TANDEM_API void tandem_tune_config_init_sized(tandem_tune_config *c, size_t size);
+#define tandem_tune_config_init(c) tandem_tune_config_init_sized((c), sizeof *(c))
 /* Writes the profile to out_path. On failure err (err_cap bytes, may be
  * NULL) holds the message. */
 TANDEM_API tandem_status tandem_tune(const tandem_tune_config *c, const char *out_path, char *err, size_t err_cap);
@@ -315,7 +343,7 @@ TANDEM_API tandem_status tandem_tune(const tandem_tune_config *c, const char *ou
  * tokens decoding on a profile's machine: tokens/s of each mode and the
  * plan it would choose. */
 typedef struct tandem_plan_query {
-    size_t struct_size;     /* sizeof(tandem_plan_query), set by tandem_plan_query_init */
+    size_t struct_size;     /* set by tandem_plan_query_init */
     const char *profile;    /* a profile file (tandem_tune), or a preset name ("A10G", "T4", "H100-PCIe", ...) */
     const char *model_path; /* GGUF: only its shapes are read; NULL: the default model */
     int batch;              /* sequences decoding together, >= 1 */
@@ -340,8 +368,23 @@ typedef struct tandem_plan_result {
     double search_seconds; /* what the search itself took */
 } tandem_plan_result;
 
-TANDEM_API void tandem_plan_query_init(tandem_plan_query *q);
+/* As tandem_config_init_sized; call it as tandem_plan_query_init(&q). */
+TANDEM_API void tandem_plan_query_init_sized(tandem_plan_query *q, size_t size);
+#define tandem_plan_query_init(q) tandem_plan_query_init_sized((q), sizeof *(q))
 TANDEM_API tandem_status tandem_plan(const tandem_plan_query *q, tandem_plan_result *out, char *err, size_t err_cap);
+
+/* ---- deprecated -------------------------------------------------------------- */
+
+/* The 0.1.0 initializers, exported for the programs linked against them:
+ * they write the structs of the 0.1.0 header whatever the library's size
+ * (tandem_config with fields up to profile, tandem_sampling up to
+ * ignore_eos, tandem_tune_config up to user, tandem_plan_query up to
+ * host_seqs). The macros above replace calls to them; a caller that calls
+ * them as functions, e.g. (tandem_config_init)(&c), is warned. */
+TANDEM_API TANDEM_DEPRECATED("use tandem_config_init_sized") void(tandem_config_init)(tandem_config *c);
+TANDEM_API TANDEM_DEPRECATED("use tandem_sampling_init_sized") void(tandem_sampling_init)(tandem_sampling *s);
+TANDEM_API TANDEM_DEPRECATED("use tandem_tune_config_init_sized") void(tandem_tune_config_init)(tandem_tune_config *c);
+TANDEM_API TANDEM_DEPRECATED("use tandem_plan_query_init_sized") void(tandem_plan_query_init)(tandem_plan_query *q);
 
 #ifdef __cplusplus
 }

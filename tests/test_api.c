@@ -1,6 +1,7 @@
 /* The public API, used as a caller would: only include/tandem.h, linked
  * against the shared libtandem (so the exported symbols are what is
  * tested). The model is SmolLM2-135M-Instruct. */
+#include <stddef.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -398,6 +399,173 @@ static void test_close_with_requests(void) {
     }
 }
 
+/* ---- struct sizes: callers built against older (smaller) or newer headers -- */
+
+enum { GUARD = 64, CANARY = 0xab };
+
+/* n bytes for a struct, followed by GUARD canary bytes (the struct's bytes
+ * are canary too, until written). */
+static unsigned char *guarded(size_t n) {
+    unsigned char *b = malloc(n + GUARD);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(b);
+    memset(b, CANARY, n + GUARD);
+    return b;
+}
+
+static int canary_intact(const unsigned char *b, size_t n) {
+    for (size_t i = n; i < n + GUARD; i++)
+        if (b[i] != CANARY)
+            return 0;
+    return 1;
+}
+
+/* init_sized with `small` bytes writes those only, struct_size = small, and
+ * the defaults a whole struct gets; with more than the library's size (a
+ * newer caller's struct) it writes the library's size and says so. */
+#define CHECK_SIZED_INIT(T, init_sized, small)                                                                         \
+    do {                                                                                                               \
+        T full_;                                                                                                       \
+        memset(&full_, 0, sizeof full_);                                                                               \
+        init_sized(&full_, sizeof full_);                                                                              \
+        CU_ASSERT_EQUAL(full_.struct_size, sizeof full_);                                                              \
+        const size_t n_ = (small);                                                                                     \
+        unsigned char *b_ = guarded(n_);                                                                               \
+        init_sized((T *)(void *)b_, n_);                                                                               \
+        CU_ASSERT(canary_intact(b_, n_));                                                                              \
+        CU_ASSERT_EQUAL(((T *)(void *)b_)->struct_size, n_);                                                           \
+        CU_ASSERT(!memcmp(b_ + sizeof(size_t), (unsigned char *)&full_ + sizeof(size_t), n_ - sizeof(size_t)));        \
+        free(b_);                                                                                                      \
+        b_ = guarded(sizeof(T) + 16);                                                                                  \
+        init_sized((T *)(void *)b_, sizeof(T) + 16);                                                                   \
+        CU_ASSERT_EQUAL(((T *)(void *)b_)->struct_size, sizeof(T));                                                    \
+        CU_ASSERT(canary_intact(b_, sizeof(T)));                                                                       \
+        free(b_);                                                                                                      \
+    } while (0)
+
+/* What a program built against the 0.1.0 header calls: the unsized
+ * functions (deprecated now; the macros replace calls to them). */
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wdeprecated-declarations"
+static void init_0_1(int which, void *p) {
+    switch (which) {
+    case 0: (tandem_config_init)(p); break;
+    case 1: (tandem_sampling_init)(p); break;
+    case 2: (tandem_tune_config_init)(p); break;
+    default: (tandem_plan_query_init)(p); break;
+    }
+}
+#pragma GCC diagnostic pop
+
+/* They write the 0.1.0 structs' sizes. */
+#define CHECK_UNSIZED_INIT(T, which, size_0_1)                                                                         \
+    do {                                                                                                               \
+        const size_t n_ = (size_0_1);                                                                                  \
+        unsigned char *b_ = guarded(n_);                                                                               \
+        init_0_1(which, b_);                                                                                           \
+        CU_ASSERT(canary_intact(b_, n_));                                                                              \
+        CU_ASSERT_EQUAL(((T *)(void *)b_)->struct_size, n_);                                                           \
+        free(b_);                                                                                                      \
+    } while (0)
+
+static void test_struct_init_sizes(void) {
+    CHECK_SIZED_INIT(tandem_config, tandem_config_init_sized, offsetof(tandem_config, profile));
+    CHECK_SIZED_INIT(tandem_config, tandem_config_init_sized, offsetof(tandem_config, device));
+    CHECK_SIZED_INIT(tandem_sampling, tandem_sampling_init_sized, offsetof(tandem_sampling, n_stop));
+    CHECK_SIZED_INIT(tandem_tune_config, tandem_tune_config_init_sized, offsetof(tandem_tune_config, progress));
+    CHECK_SIZED_INIT(tandem_plan_query, tandem_plan_query_init_sized, offsetof(tandem_plan_query, host_seqs));
+    CHECK_UNSIZED_INIT(tandem_config, 0, offsetof(tandem_config, profile) + sizeof(char *));
+    CHECK_UNSIZED_INIT(tandem_sampling, 1, offsetof(tandem_sampling, ignore_eos) + sizeof(int));
+    CHECK_UNSIZED_INIT(tandem_tune_config, 2, offsetof(tandem_tune_config, user) + sizeof(void *));
+    CHECK_UNSIZED_INIT(tandem_plan_query, 3, offsetof(tandem_plan_query, host_seqs) + sizeof(int));
+    /* the macros pass the caller's sizeof */
+    tandem_config c;
+    tandem_config_init(&c);
+    CU_ASSERT_EQUAL(c.struct_size, sizeof c);
+    tandem_sampling s;
+    tandem_sampling_init(&s);
+    CU_ASSERT(s.struct_size == sizeof s && s.max_tokens == 256 && s.top_p == 1.0f && s.penalty_last_n == 64);
+    tandem_plan_query q;
+    tandem_plan_query_init(&q);
+    CU_ASSERT(q.struct_size == sizeof q && q.batch == 64 && q.ctx == 2048 && q.host_seqs == -1);
+    tandem_tune_config t;
+    tandem_tune_config_init(&t);
+    CU_ASSERT(t.struct_size == sizeof t && t.device == TANDEM_DEVICE_AUTO);
+}
+
+/* An engine opened with a config of an older header (no profile field: the
+ * canary bytes where it would be are no pointer), and run with a sampling
+ * struct of a newer header (more bytes than the library knows). */
+static void test_struct_sizes_open_and_submit(void) {
+    const size_t n = offsetof(tandem_config, profile);
+    unsigned char *b = guarded(n);
+    tandem_config *c = (tandem_config *)(void *)b;
+    tandem_config_init_sized(c, n);
+    c->model_path = TD_TEST_MODEL;
+    c->kv_budget_bytes = (size_t)32 << 20;
+    c->max_batch = 4;
+    c->device = TANDEM_DEVICE_CPU;
+    tandem_engine *e = NULL;
+    tandem_status st = tandem_engine_open(c, &e);
+    if (st)
+        fprintf(stderr, "\n  %s\n", tandem_engine_errmsg(e));
+    CU_ASSERT_EQUAL_FATAL(st, TANDEM_OK);
+    CU_ASSERT(canary_intact(b, n));
+    CU_ASSERT_STRING_EQUAL(tandem_engine_device(e), "cpu");
+
+    unsigned char *sb = guarded(sizeof(tandem_sampling) + 16);
+    tandem_sampling *s = (tandem_sampling *)(void *)sb;
+    tandem_sampling_init_sized(s, sizeof(tandem_sampling) + 16);
+    s->struct_size = sizeof(tandem_sampling) + 16; /* what a newer header's init sets */
+    s->temperature = 0;
+    s->max_tokens = 3;
+    s->ignore_eos = 1;
+    tandem_request *r = NULL;
+    CU_ASSERT_EQUAL_FATAL(tandem_submit_text(e, "Once upon", 9, s, NULL, &r), TANDEM_OK);
+    CU_ASSERT_EQUAL(tandem_run(e, NULL), TANDEM_OK);
+    CU_ASSERT_EQUAL(tandem_request_finish(r), TANDEM_FINISH_LENGTH);
+    /* older than any layout the library reads: refused, naming struct_size */
+    s->struct_size = offsetof(tandem_sampling, ignore_eos);
+    CU_ASSERT_EQUAL(tandem_submit_text(e, "x", 1, s, NULL, &r), TANDEM_ERR_INVALID_ARGUMENT);
+    CU_ASSERT(strstr(tandem_engine_errmsg(e), "struct_size") != NULL);
+    tandem_engine_close(e);
+    free(sb);
+
+    c->struct_size = offsetof(tandem_config, device_kv_bytes);
+    CU_ASSERT_EQUAL(tandem_engine_open(c, &e), TANDEM_ERR_INVALID_ARGUMENT);
+    CU_ASSERT(strstr(tandem_engine_errmsg(e), "struct_size") != NULL);
+    tandem_engine_close(e);
+    free(b);
+}
+
+/* tandem_plan with a query and a result of fewer fields than the library's. */
+static void test_struct_sizes_plan(void) {
+    tandem_plan_query q;
+    tandem_plan_query_init(&q);
+    q.profile = "T4";
+    q.model_path = TD_TEST_MODEL;
+    tandem_plan_result full = {.struct_size = sizeof full};
+    char err[256];
+    CU_ASSERT_EQUAL_FATAL(tandem_plan(&q, &full, err, sizeof err), TANDEM_OK);
+    CU_ASSERT(full.chosen_tok_s > 0);
+
+    const size_t nq = offsetof(tandem_plan_query, host_seqs), nr = offsetof(tandem_plan_result, search_seconds);
+    unsigned char *qb = guarded(nq), *rb = guarded(nr);
+    tandem_plan_query *oq = (tandem_plan_query *)(void *)qb;
+    tandem_plan_result *orr = (tandem_plan_result *)(void *)rb;
+    tandem_plan_query_init_sized(oq, nq);
+    oq->profile = "T4";
+    oq->model_path = TD_TEST_MODEL;
+    orr->struct_size = nr;
+    CU_ASSERT_EQUAL_FATAL(tandem_plan(oq, orr, err, sizeof err), TANDEM_OK); /* host_seqs: -1, the default */
+    CU_ASSERT(canary_intact(qb, nq) && canary_intact(rb, nr));
+    CU_ASSERT_EQUAL(orr->struct_size, nr);
+    CU_ASSERT_EQUAL(orr->chosen, full.chosen);
+    CU_ASSERT_EQUAL(orr->hybrid_host_seqs, full.hybrid_host_seqs);
+    CU_ASSERT_DOUBLE_EQUAL(orr->chosen_tok_s, full.chosen_tok_s, 1e-9 * full.chosen_tok_s);
+    free(qb);
+    free(rb);
+}
+
 void td_test_register(void) {
     static const td_test tests[] = {
         {"open: errors name the problem", test_open_errors},
@@ -409,6 +577,9 @@ void td_test_register(void) {
         {"devices: auto names its choice, emu equals the cpu", test_devices},
         {"request errors, cancel, free unfinished", test_request_errors_and_cancel},
         {"close with requests left", test_close_with_requests},
+        {"struct sizes: the initializers write at most the size given", test_struct_init_sizes},
+        {"struct sizes: an older config opens, a newer sampling submits", test_struct_sizes_open_and_submit},
+        {"struct sizes: plan with an older query and result", test_struct_sizes_plan},
         {NULL, NULL},
     };
     td_add_suite("api", tests);

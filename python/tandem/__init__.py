@@ -6,12 +6,16 @@
         for c in engine.generate(["Once upon a time"], tandem.SamplingParams(max_tokens=32, temperature=0)):
             print(c.text, c.finish_reason)
 
+    tandem.tune("profile.json")                  # this machine's hardware profile (seconds)
+    print(tandem.plan("profile.json", batch=64, ctx=2048).chosen)
+
 The library is found through $TANDEM_LIBRARY, next to this package, in the
 checkout's build tree, or on the system's library path (python/README.md).
 """
 
 from ._engine import Engine, Stream
 from ._lib import LibraryNotFoundError
+from ._offload import Plan, plan, tune
 from ._types import Completion, SamplingParams, Stats, TandemError, Timings, Token
 
 __version__ = "0.1.0"
@@ -20,6 +24,7 @@ __all__ = [
     "Completion",
     "Engine",
     "LibraryNotFoundError",
+    "Plan",
     "SamplingParams",
     "Stats",
     "Stream",
@@ -28,6 +33,8 @@ __all__ = [
     "Token",
     "library_path",
     "library_version",
+    "plan",
+    "tune",
 ]
 
 

@@ -155,6 +155,54 @@ class tandem_stats(Structure):
     ]
 
 
+PROGRESS = CFUNCTYPE(None, c_void_p, c_char_p, c_double)
+
+
+class tandem_tune_config(Structure):
+    _fields_ = [
+        ("struct_size", c_size_t),
+        ("device", c_int),  # tandem_device
+        ("emu_gpu", c_char_p),
+        ("emu_link", c_char_p),
+        ("threads", c_int),
+        ("model_path", c_char_p),
+        ("progress", PROGRESS),
+        ("user", c_void_p),
+    ]
+
+
+class tandem_plan_query(Structure):
+    _fields_ = [
+        ("struct_size", c_size_t),
+        ("profile", c_char_p),
+        ("model_path", c_char_p),
+        ("batch", c_int),
+        ("ctx", c_int),
+        ("gpu_mem_bytes", c_size_t),
+        ("host_kv_bytes", c_size_t),
+        ("host_seqs", c_int),
+    ]
+
+
+class tandem_plan_result(Structure):
+    _fields_ = [
+        ("struct_size", c_size_t),
+        ("device_tok_s", c_double),
+        ("device_batch", c_int),
+        ("cpu_attn_tok_s", c_double),
+        ("hybrid_tok_s", c_double),
+        ("hybrid_host_seqs", c_int),
+        ("hybrid_sub_batches", c_int),
+        ("chosen", c_int),  # tandem_mode
+        ("chosen_tok_s", c_double),
+        ("step_seconds", c_double),
+        ("device_busy_seconds", c_double),
+        ("link_busy_seconds", c_double),
+        ("cpu_busy_seconds", c_double),
+        ("search_seconds", c_double),
+    ]
+
+
 # ---- functions ---------------------------------------------------------------
 
 status = c_int  # tandem_status
@@ -164,6 +212,8 @@ int32_p = POINTER(c_int32)
 PROTOTYPES: dict[str, tuple[object, list[object]]] = {
     "tandem_status_name": (c_char_p, [status]),
     "tandem_version": (c_char_p, []),
+    # the 0.1.0 initializers (deprecated, but in every 0.x library): what
+    # _init_struct falls back to when the sized ones below are missing
     "tandem_config_init": (None, [POINTER(tandem_config)]),
     "tandem_engine_open": (status, [POINTER(tandem_config), POINTER(engine_p)]),
     "tandem_engine_close": (None, [engine_p]),
@@ -200,6 +250,20 @@ PROTOTYPES: dict[str, tuple[object, list[object]]] = {
     "tandem_request_error": (c_char_p, [request_p]),
     "tandem_request_free": (None, [engine_p, request_p]),
     "tandem_engine_stats": (status, [engine_p, POINTER(tandem_stats)]),
+}
+
+# Functions a library may lack (built before they came): declared when
+# present; has() says which.
+OPTIONAL_PROTOTYPES: dict[str, tuple[object, list[object]]] = {
+    "tandem_config_init_sized": (None, [POINTER(tandem_config), c_size_t]),
+    "tandem_sampling_init_sized": (None, [POINTER(tandem_sampling), c_size_t]),
+    # issue 7: the hardware profile and the cost model's plans
+    "tandem_tune_config_init": (None, [POINTER(tandem_tune_config)]),
+    "tandem_tune_config_init_sized": (None, [POINTER(tandem_tune_config), c_size_t]),
+    "tandem_tune": (status, [POINTER(tandem_tune_config), c_char_p, c_char_p, c_size_t]),
+    "tandem_plan_query_init": (None, [POINTER(tandem_plan_query)]),
+    "tandem_plan_query_init_sized": (None, [POINTER(tandem_plan_query), c_size_t]),
+    "tandem_plan": (status, [POINTER(tandem_plan_query), POINTER(tandem_plan_result), c_char_p, c_size_t]),
 }
 
 
@@ -258,6 +322,11 @@ def _declare(lib: ctypes.CDLL, path: str) -> None:
             raise LibraryNotFoundError(f"{path} has no {name}: not a libtandem of this API") from None
         fn.restype = restype
         fn.argtypes = argtypes
+    for name, (restype, argtypes) in OPTIONAL_PROTOTYPES.items():
+        fn = getattr(lib, name, None)
+        if fn is not None:
+            fn.restype = restype
+            fn.argtypes = argtypes
     version = lib.tandem_version().decode()
     major = int(version.split(".")[0])
     if major != HEADER_VERSION[0]:
@@ -268,22 +337,35 @@ def _declare(lib: ctypes.CDLL, path: str) -> None:
 
 # ---- structs the library initializes ----------------------------------------
 #
-# tandem_config_init and tandem_sampling_init write sizeof() of the library's
-# own struct, which grows with new fields: into a struct of this mirror's size
-# a newer library would write past the end. So each is initialized inside a
-# buffer of the library's size (learnt once, from the struct_size an init
-# writes into a scratch buffer), and keeps the struct_size the library set:
-# fields it has and this mirror lacks keep their defaults, and fields this
-# mirror has and an older library lacks are not read by it.
+# The library's tandem_X_init_sized(s, size) writes its defaults into the first
+# `size` bytes at most and sets struct_size to the smaller of size and its own
+# sizeof: given this mirror's size, fields the library has and this mirror
+# lacks are never written, and fields this mirror has and an older library
+# lacks are not read by it (the struct_size it set says so).
+#
+# A library from before the sized initializers has only tandem_X_init, which
+# writes its own sizeof: then the struct is initialized inside a buffer of
+# the library's size (learnt once, from the struct_size an init writes into a
+# scratch buffer), keeping the struct_size the library set.
 
 _SCRATCH = 4096
 _lib_sizes: dict[str, int] = {}
 
 
+def has(name: str) -> bool:
+    """Whether the loaded library exports this function."""
+    return getattr(lib(), name, None) is not None
+
+
 def _library_size(name: str) -> int:
+    """sizeof the library's own struct `name`."""
     if name not in _lib_sizes:
         scratch = ctypes.create_string_buffer(_SCRATCH)
-        getattr(lib(), name + "_init")(ctypes.cast(scratch, POINTER(globals()[name])))
+        target = ctypes.cast(scratch, POINTER(globals()[name]))
+        if has(name + "_init_sized"):
+            getattr(lib(), name + "_init_sized")(target, _SCRATCH)
+        else:
+            getattr(lib(), name + "_init")(target)
         size = c_size_t.from_buffer(scratch).value
         if not 0 < size <= _SCRATCH // 2:
             raise LibraryNotFoundError(f"{name}_init wrote struct_size {size}: not a libtandem of this API")
@@ -292,9 +374,23 @@ def _library_size(name: str) -> int:
 
 
 def _init_struct(cls: type[Structure]) -> Any:
-    size = _library_size(cls.__name__)
+    name = cls.__name__
+    if has(name + "_init_sized"):
+        s = cls()
+        getattr(lib(), name + "_init_sized")(ctypes.byref(s), ctypes.sizeof(cls))
+        if not 0 < s.struct_size <= ctypes.sizeof(cls):
+            raise LibraryNotFoundError(
+                f"{name}_init_sized wrote struct_size {s.struct_size}: not a libtandem of this API"
+            )
+        return s
+    if not has(name + "_init"):
+        raise LibraryNotFoundError(
+            f"{library_path()} (libtandem {lib().tandem_version().decode()}) has no {name}_init: "
+            "it was built before this function came"
+        )
+    size = _library_size(name)
     s = cls.from_buffer(ctypes.create_string_buffer(max(ctypes.sizeof(cls), size)))  # s keeps its buffer
-    getattr(lib(), cls.__name__ + "_init")(ctypes.byref(s))
+    getattr(lib(), name + "_init")(ctypes.byref(s))
     return s
 
 
@@ -306,6 +402,16 @@ def new_config() -> tandem_config:
 def new_sampling() -> tandem_sampling:
     """A tandem_sampling as tandem_sampling_init leaves it."""
     return _init_struct(tandem_sampling)
+
+
+def new_tune_config() -> tandem_tune_config:
+    """A tandem_tune_config as tandem_tune_config_init leaves it."""
+    return _init_struct(tandem_tune_config)
+
+
+def new_plan_query() -> tandem_plan_query:
+    """A tandem_plan_query as tandem_plan_query_init leaves it."""
+    return _init_struct(tandem_plan_query)
 
 
 def config_has(field: str) -> bool:

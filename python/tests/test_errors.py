@@ -161,12 +161,8 @@ LAYOUT_C = """
 #include <stdio.h>
 #include "tandem.h"
 #define F(s, f) printf(#s " " #f " %zu %zu\\n", offsetof(s, f), sizeof(((s *)0)->f));
+#define S(s) printf(#s " size %zu\\n", sizeof(s));
 int main(void) {
-    printf("tandem_config size %zu\\n", sizeof(tandem_config));
-    printf("tandem_sampling size %zu\\n", sizeof(tandem_sampling));
-    printf("tandem_message size %zu\\n", sizeof(tandem_message));
-    printf("tandem_callbacks size %zu\\n", sizeof(tandem_callbacks));
-    printf("tandem_stats size %zu\\n", sizeof(tandem_stats));
     %s
     return 0;
 }
@@ -175,8 +171,19 @@ int main(void) {
 
 @pytest.mark.skipif(shutil.which("cc") is None, reason="no C compiler to read the header's layout")
 def test_structs_match_the_header(tmp_path: Path) -> None:
-    structs = [_lib.tandem_config, _lib.tandem_sampling, _lib.tandem_message, _lib.tandem_callbacks, _lib.tandem_stats]
-    lines = "\n    ".join(f"F({s.__name__}, {f[0]})" for s in structs for f in s._fields_)
+    structs = [
+        _lib.tandem_config,
+        _lib.tandem_sampling,
+        _lib.tandem_message,
+        _lib.tandem_callbacks,
+        _lib.tandem_stats,
+        _lib.tandem_tune_config,
+        _lib.tandem_plan_query,
+        _lib.tandem_plan_result,
+    ]
+    lines = "\n    ".join(
+        [f"S({s.__name__})" for s in structs] + [f"F({s.__name__}, {f[0]})" for s in structs for f in s._fields_]
+    )
     src = tmp_path / "layout.c"
     src.write_text(textwrap.dedent(LAYOUT_C).replace("%s", lines))
     exe = tmp_path / "layout"
@@ -191,3 +198,67 @@ def test_structs_match_the_header(tmp_path: Path) -> None:
         " and into the dataclasses of _types.py); header vs mirror:\n  "
         + "\n  ".join(("header: " if line in c else "mirror: ") + line for line in differ)
     )
+
+
+def test_sized_initializers() -> None:
+    """The library's tandem_X_init_sized: this mirror is the header, so
+    struct_size is its size; and the library's own size is what the
+    runtime check (config_has) reads."""
+    lib = _lib.lib()
+    for cls, new in (
+        (_lib.tandem_config, _lib.new_config),
+        (_lib.tandem_sampling, _lib.new_sampling),
+        (_lib.tandem_tune_config, _lib.new_tune_config),
+        (_lib.tandem_plan_query, _lib.new_plan_query),
+    ):
+        assert new().struct_size == ctypes.sizeof(cls)
+        assert _lib._library_size(cls.__name__) == ctypes.sizeof(cls)
+        # more room than the library's struct: it writes its own size and says so
+        buf = ctypes.create_string_buffer(b"\xab" * (ctypes.sizeof(cls) + 64), ctypes.sizeof(cls) + 64)
+        getattr(lib, cls.__name__ + "_init_sized")(ctypes.cast(buf, ctypes.POINTER(cls)), len(buf))
+        assert cls.from_buffer(buf).struct_size == ctypes.sizeof(cls)
+        assert buf.raw[ctypes.sizeof(cls) :] == b"\xab" * 64
+    assert _lib.config_has("profile")
+    s, q = _lib.new_sampling(), _lib.new_plan_query()
+    assert (s.max_tokens, s.penalty_last_n, q.batch, q.ctx, q.host_seqs) == (256, 64, 64, 2048, -1)
+
+
+def test_an_older_mirror_opens_an_engine(model: str) -> None:
+    """Bindings written against an older header (a tandem_config without
+    profile): the library writes and reads only the bytes they have."""
+
+    class old_config(ctypes.Structure):
+        _fields_ = [f for f in _lib.tandem_config._fields_ if f[0] != "profile"]
+
+    n = ctypes.sizeof(old_config)
+    assert n == _lib.tandem_config.profile.offset
+    buf = ctypes.create_string_buffer(b"\xab" * (n + 64), n + 64)
+    lib = _lib.lib()
+    lib.tandem_config_init_sized(ctypes.cast(buf, ctypes.POINTER(_lib.tandem_config)), n)
+    assert buf.raw[n:] == b"\xab" * 64  # where profile would be: not a pointer the library may read
+    cfg = old_config.from_buffer(buf)
+    assert cfg.struct_size == n and cfg.device == 0 and cfg.model_path is None
+    path = os.fsencode(model)
+    cfg.model_path = path
+    cfg.kv_budget_bytes = 32 << 20
+    cfg.device = _lib.DEVICES["cpu"]
+    handle = _lib.engine_p()
+    st = lib.tandem_engine_open(ctypes.cast(buf, ctypes.POINTER(_lib.tandem_config)), ctypes.byref(handle))
+    try:
+        assert st == _lib.TANDEM_OK, lib.tandem_engine_errmsg(handle)
+        assert lib.tandem_engine_device(handle) == b"cpu"
+    finally:
+        lib.tandem_engine_close(handle)
+
+
+def test_without_sized_initializers(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A library from before tandem_X_init_sized: the structs are initialized
+    through tandem_X_init inside a buffer of the library's size."""
+    real = _lib.has
+    monkeypatch.setattr(_lib, "has", lambda name: not name.endswith("_init_sized") and real(name))
+    monkeypatch.setattr(_lib, "_lib_sizes", {})
+    c = _lib.new_config()
+    assert c.struct_size == ctypes.sizeof(_lib.tandem_config) and c.device == 0
+    s = _lib.new_sampling()
+    assert s.struct_size == ctypes.sizeof(_lib.tandem_sampling) and s.max_tokens == 256
+    assert _lib.config_has("profile")
