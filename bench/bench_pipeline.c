@@ -309,7 +309,10 @@ int main(int argc, char **argv) {
             td_cost_limits lim = {
                 .gpu_mem = (double)dev->info.mem_total, .host_kv = 1e15, .threads = o.threads, .host_seqs = -1};
             td_cost_plan plan;
+            const double t0 = td_seconds();
             td_cost_plan_search(prof, &shape, B, L + o.steps / 2, &lim, &plan);
+            printf("(%d x %d: the plan search took %.3f ms: %s)\n", B, L, (td_seconds() - t0) * 1e3,
+                   plan.chosen == 0 ? "device" : plan.chosen == 1 ? "cpu-attn" : "hybrid");
             if (plan.chosen == 2) /* hybrid; else the planned row is mode device's (or cpu-attn's) */
                 plan_host = plan.hybrid_host, plan_sub = plan.hybrid_sub;
         }

@@ -6,6 +6,7 @@
 
 #include "base/clock.h"
 #include "engine/api_util.h"
+#include "engine/forward.h"
 #include "engine/gguf.h"
 #include "engine/llama_config.h"
 #include "offload/costmodel.h"
@@ -31,13 +32,7 @@ static tandem_status read_shape(const char *path, td_cost_shape *m, td_error *er
     st = td_llama_config_read(g, &c, err);
     td_gguf_close(g);
     if (st == TANDEM_OK)
-        *m = (td_cost_shape){.n_layers = c.n_layers,
-                             .n_embd = c.n_embd,
-                             .n_heads = c.n_heads,
-                             .n_kv_heads = c.n_kv_heads,
-                             .head_dim = c.head_dim,
-                             .n_ff = c.n_ff,
-                             .n_vocab = c.n_vocab};
+        *m = td_cost_shape_of(&c);
     return st;
 }
 
