@@ -245,7 +245,7 @@ int main(int argc, char **argv) {
         return 1;
     }
     char cpu[256];
-    td_bench_cpu_model(cpu, sizeof cpu);
+    td_probe_cpu_name(cpu, sizeof cpu);
     const int thread_counts[2] = {1, o.threads};
     const int n_tc = o.threads > 1 ? 2 : 1;
 

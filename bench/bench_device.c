@@ -225,7 +225,7 @@ int main(int argc, char **argv) {
         return 2;
     }
     char cpu[256];
-    td_bench_cpu_model(cpu, sizeof cpu);
+    td_probe_cpu_name(cpu, sizeof cpu);
     td_stream *s = NULL;
     td_event *a = NULL, *b = NULL;
     if (td_dev_stream_create(d, &s, &err) || td_dev_event_create(d, &a, &err) || td_dev_event_create(d, &b, &err))

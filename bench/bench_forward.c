@@ -182,7 +182,7 @@ int main(int argc, char **argv) {
     omp_set_num_threads(o.threads);
 
     char cpu[256];
-    td_bench_cpu_model(cpu, sizeof cpu);
+    td_probe_cpu_name(cpu, sizeof cpu);
     printf("# machine: %s, %d threads\n", cpu, o.threads);
     fflush(stdout);
     size_t probe_bytes = (size_t)1 << 30;

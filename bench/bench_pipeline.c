@@ -40,6 +40,7 @@
 
 #include "base/clock.h"
 #include "bench/bench_util.h"
+#include "offload/hwprobe.h"
 #include "cpu/kv_cache.h"
 #include "engine/forward.h"
 #include "engine/model.h"
@@ -282,7 +283,7 @@ int main(int argc, char **argv) {
     const td_cost_shape shape = td_cost_shape_of(c);
     FILE *trace = o.trace ? fopen(o.trace, "w") : NULL, *js = o.jsonl ? fopen(o.jsonl, "w") : NULL;
     char cpu[256];
-    td_bench_cpu_model(cpu, sizeof cpu);
+    td_probe_cpu_name(cpu, sizeof cpu);
     printf("bench_pipeline: %s (%.1f GB), %s; CPU attention on %s, %d threads; %d decode steps%s%s\n", dev->info.name,
            dev->info.mem_total / 1e9, o.model, cpu, o.threads, o.steps, prof ? "; profile " : "",
            prof ? o.profile : "");
@@ -312,7 +313,9 @@ int main(int argc, char **argv) {
             const double t0 = td_seconds();
             td_cost_plan_search(prof, &shape, B, L + o.steps / 2, &lim, &plan);
             printf("(%d x %d: the plan search took %.3f ms: %s)\n", B, L, (td_seconds() - t0) * 1e3,
-                   plan.chosen == 0 ? "device" : plan.chosen == 1 ? "cpu-attn" : "hybrid");
+                   plan.chosen == 0   ? "device"
+                   : plan.chosen == 1 ? "cpu-attn"
+                                      : "hybrid");
             if (plan.chosen == 2) /* hybrid; else the planned row is mode device's (or cpu-attn's) */
                 plan_host = plan.hybrid_host, plan_sub = plan.hybrid_sub;
         }

@@ -21,24 +21,4 @@ static inline int td_bench_parse_ints(const char *s, int *out, int *n) {
     return *n > 0;
 }
 
-/* The "model name" of /proc/cpuinfo. */
-static inline void td_bench_cpu_model(char *out, size_t n) {
-    snprintf(out, n, "unknown CPU");
-    FILE *f = fopen("/proc/cpuinfo", "r");
-    if (!f)
-        return;
-    char line[512];
-    while (fgets(line, sizeof line, f))
-        if (strncmp(line, "model name", 10) == 0) {
-            char *p = strchr(line, ':');
-            if (p) {
-                p += 2;
-                p[strcspn(p, "\n")] = 0;
-                snprintf(out, n, "%s", p);
-            }
-            break;
-        }
-    fclose(f);
-}
-
 #endif /* TD_BENCH_UTIL_H */

@@ -209,8 +209,10 @@ static tandem_status open_parts(tandem_engine *e) {
             if ((st = td_forward_create_on_device(e->model, e->dev, place, max_tokens, c->threads, &e->fw, err)))
                 return keep(e, st);
         }
-        if (c->profile) {
-            if ((st = td_profile_open(c->profile, &e->profile, err)))
+        /* the profile named, or $TANDEM_PROFILE's (a file from tandem tune) */
+        const char *prof = c->profile ? c->profile : getenv("TANDEM_PROFILE");
+        if (prof && *prof) {
+            if ((st = td_profile_open(prof, &e->profile, err)))
                 return keep(e, st);
             td_forward_set_profile(e->fw, e->profile);
             sc.profile = e->profile;
@@ -240,10 +242,14 @@ static tandem_status open_parts(tandem_engine *e) {
                 return fail(e, TANDEM_ERR_IO, "config: cannot write the trace %s: %s", c->trace_path, strerror(errno));
             td_pipe_trace(td_forward_pipe(e->fw), e->trace);
         }
-        snprintf(e->where, sizeof e->where, "%s: %s, mode %s", e->dev->info.backend, e->dev->info.name,
+        snprintf(e->where, sizeof e->where, "%s: %s, mode %s%s%s", e->dev->info.backend, e->dev->info.name,
                  place == TD_ATTN_ON_CPU   ? "cpu-attn"
                  : place == TD_ATTN_HYBRID ? "hybrid"
-                                           : "device");
+                                           : "device",
+                 place == TD_ATTN_ON_DEVICE ? ""
+                 : e->profile               ? ", planned with profile "
+                                            : " (no profile: two sub-batches, every host decode; see tandem tune)",
+                 place != TD_ATTN_ON_DEVICE && e->profile ? prof : "");
     }
     if (!kc.pool && (st = open_host_pool(e, &kc, &e->kv)))
         return st;

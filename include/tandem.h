@@ -159,8 +159,10 @@ typedef struct tandem_config {
     const char *emu_gpu, *emu_link;
     /* A hardware profile (a file from tandem_tune, or a preset name: "T4",
      * "A10G", "H100-PCIe", "H100-SXM"): the pipelined modes ask its cost
-     * model, every step, how to split the batch into sub-batches
-     * (offload/costmodel.h). NULL: two sub-batches whenever they can. */
+     * model, every step, how to split the batch into sub-batches and
+     * which host-pool decodes to run (offload/costmodel.h). NULL: the file
+     * $TANDEM_PROFILE names, else none (two sub-batches whenever they can,
+     * every host decode). */
     const char *profile;
 } tandem_config;
 
