@@ -235,16 +235,13 @@ static int32_t seq_of_row(const int32_t *first, int32_t n, int32_t t) {
     return lo;
 }
 
-tandem_status td_fwd_attend_host(td_attn *a, td_kv_cache *kv, const td_llama_config *c, int32_t layer,
-                                 const td_fwd_seq *seqs, int32_t n, const int32_t *first, const float *qkv, void *out,
-                                 td_dtype out_dtype, td_attn_seq *ents, td_attn_run *runs, td_error *err) {
+void td_fwd_write_host_kv(td_kv_cache *kv, const td_llama_config *c, int32_t layer, const td_fwd_seq *seqs, int32_t n,
+                          const int32_t *first, const float *qkv) {
     const int64_t Q = (int64_t)c->n_heads * c->head_dim, KV = (int64_t)c->n_kv_heads * c->head_dim, W = Q + 2 * KV;
-    const size_t esz = td_dtype_size(out_dtype);
     const int32_t t0 = first[0], t1 = first[n - 1] + seqs[n - 1].n_tokens;
-    /* K and V into the cache: a token's K and V rows are adjacent in qkv, one
-     * write per token, the tokens split across the team (they write distinct
-     * cache elements: cpu/kv_cache.h). The caller checked every row, so the
-     * writes succeed. */
+    /* a token's K and V rows are adjacent in qkv, one write per token, the
+     * tokens split across the team (they write distinct cache elements:
+     * cpu/kv_cache.h). The caller checked every row, so the writes succeed. */
 #pragma omp parallel for schedule(static) if (t1 - t0 >= 8)
     for (int32_t t = t0; t < t1; t++) {
         const int32_t i = seq_of_row(first, n, t);
@@ -252,6 +249,15 @@ tandem_status td_fwd_attend_host(td_attn *a, td_kv_cache *kv, const td_llama_con
         (void)td_kv_write(kv, seqs[i].kv_seq, layer, seqs[i].pos + (t - first[i]), 1, row + Q, row + Q + KV,
                           TD_DTYPE_F32, NULL);
     }
+}
+
+tandem_status td_fwd_attend_host(td_attn *a, td_kv_cache *kv, const td_llama_config *c, int32_t layer,
+                                 const td_fwd_seq *seqs, int32_t n, const int32_t *first, const float *qkv, void *out,
+                                 td_dtype out_dtype, td_attn_seq *ents, td_attn_run *runs, td_error *err) {
+    const int64_t Q = (int64_t)c->n_heads * c->head_dim, KV = (int64_t)c->n_kv_heads * c->head_dim, W = Q + 2 * KV;
+    const size_t esz = td_dtype_size(out_dtype);
+    /* K and V into the cache first */
+    td_fwd_write_host_kv(kv, c, layer, seqs, n, first, qkv);
     /* then every token attends over its sequence: single tokens through the
      * decode kernel, prompt chunks through the prefill kernel */
     int32_t n_ents = 0, n_runs = 0;

@@ -20,11 +20,17 @@ typedef struct dev_layer {
 } dev_layer;
 
 /* A sub-batch of a pipelined step, in the step's order (sequences whose KV
- * is on the device first, then those on the host): its tokens [t0, t1) and
- * sequences [s0, s1), of which the host's start at token h0, sequence hs0. */
+ * is on the device first, then host prompts the device attends, then those
+ * the CPU attends): its tokens [t0, t1) and sequences [s0, s1), of which
+ * the CPU attends from token h0, sequence hs0; rows from d0 go down (the
+ * host prompts' K and V too). */
 typedef struct sub_batch {
-    int32_t t0, t1, h0, s0, s1, hs0;
+    int32_t t0, t1, h0, d0, s0, s1, hs0;
 } sub_batch;
+
+/* Scratch room for the prompts whose KV goes to the host but whose first
+ * chunk attends on the device: sequences at once. */
+#define SCRATCH_SEQS 64
 
 struct td_fwd_dev {
     const td_model *m;
@@ -57,11 +63,21 @@ struct td_fwd_dev {
     int n_threads;
     td_fwd_seq *order; /* [max_tokens]: the step's sequences, device-placed first */
     int32_t *inv;      /* [max_tokens]: each caller's sequence's place in order */
+    int8_t *cls;       /* [max_tokens]: each caller's sequence's class (order_and_split) */
     /* the step in flight */
     td_kv_cache *hkv;
     const td_fwd_seq *seqs; /* = order */
     int32_t n_dev, t_dev;   /* sequences and tokens whose KV is on the device */
     td_dkv dkv;
+    /* Host-placed prompts at position 0 attend on the device (the issue's
+     * "prefill runs on the device"): their K/V go to a scratch device cache
+     * for the step's attention and down to the host cache, which the CPU
+     * writes; the CPU attends nothing for them. */
+    td_kv_cache *skv;
+    void *skv_pool;
+    td_dkv sdkv;
+    int32_t n_dp, t_dp;           /* this step's: sequences and tokens */
+    int32_t dp_seq[SCRATCH_SEQS]; /* their scratch sequences */
     const struct step_meta *sm;
     int32_t pos_off; /* meta offset of the positions */
     sub_batch sb[TD_PIPE_MAX_SUB];
@@ -103,6 +119,8 @@ void td_fwd_dev_destroy(td_fwd_dev *f) {
         td_dev_stream_destroy(d, f->s);
     free_weights(f);
     td_attn_destroy(f->cpu_attn);
+    td_kv_destroy(f->skv);
+    td_dev_free(d, f->skv_pool);
     td_dev_free(d, f->ao);
     td_dev_host_free(d, f->qkv_host);
     td_dev_host_free(d, f->ao_host);
@@ -111,6 +129,7 @@ void td_fwd_dev_destroy(td_fwd_dev *f) {
     free(f->seq_first);
     free(f->order);
     free(f->inv);
+    free(f->cls);
     td_dev_free(d, f->x);
     td_dev_free(d, f->xr);
     td_dev_free(d, f->qkv);
@@ -214,7 +233,9 @@ tandem_status td_fwd_dev_create(const td_model *m, td_device *dev, td_attn_place
     const size_t T = (size_t)max_tokens, E = (size_t)c->n_embd,
                  W = (size_t)(c->n_heads + 2 * c->n_kv_heads) * (size_t)c->head_dim, F = (size_t)c->n_ff;
     const size_t max_table = ((size_t)c->n_ctx + 15) / 16; /* blocks of at least 16 tokens */
-    f->meta_cap = 10 * T + T * max_table;
+    /* the step's metadata: 10 arrays of a token each, block tables of the
+     * device's sequences, and of the scratch prompts (3 arrays, tables) */
+    f->meta_cap = 10 * T + T * max_table + 3 * SCRATCH_SEQS + SCRATCH_SEQS * (T / 16 + 2);
     const size_t Q = (size_t)c->n_heads * (size_t)c->head_dim;
     td_error e;
     tandem_status st = TANDEM_OK;
@@ -224,7 +245,8 @@ tandem_status td_fwd_dev_create(const td_model *m, td_device *dev, td_attn_place
         f->seq_first = malloc(T * sizeof *f->seq_first);
         f->order = malloc(T * sizeof *f->order);
         f->inv = malloc(T * sizeof *f->inv);
-        if (!f->ents || !f->runs || !f->seq_first || !f->order || !f->inv)
+        f->cls = malloc(T * sizeof *f->cls);
+        if (!f->ents || !f->runs || !f->seq_first || !f->order || !f->inv || !f->cls)
             st = td_fail(&e, TANDEM_ERR_OUT_OF_MEMORY, "out of host memory");
         if (st || (st = td_pipe_create(dev, &f->pipe, &e)) ||
             (st = td_attn_create(n_threads, m->isa, &f->cpu_attn, &e)) ||
@@ -235,6 +257,23 @@ tandem_status td_fwd_dev_create(const td_model *m, td_device *dev, td_attn_place
             return td_fail(err, st, "forward on %s: %s", dev->info.name, e.msg);
         }
         f->s = td_pipe_stream(f->pipe);
+        /* the scratch cache for host prompts attended on the device: a
+         * step's tokens in whole blocks; without the room the CPU attends
+         * them (the same values either way) */
+        td_kv_config sc = {.n_layers = c->n_layers,
+                           .n_kv_heads = c->n_kv_heads,
+                           .head_dim = c->head_dim,
+                           .dtype = TD_DTYPE_BF16,
+                           .max_seqs = SCRATCH_SEQS,
+                           .max_seq_tokens = (int32_t)T};
+        const size_t block = (size_t)c->n_layers * (size_t)c->n_kv_heads * 2 * 16 * (size_t)c->head_dim * 2;
+        sc.budget_bytes = (T / 16 + SCRATCH_SEQS) * block;
+        if (td_dev_alloc(dev, sc.budget_bytes, &f->skv_pool, &e) == TANDEM_OK) {
+            sc.pool = f->skv_pool;
+            if (td_kv_create(&sc, &f->skv, &e) == TANDEM_OK)
+                f->sdkv = (td_dkv){
+                    .pool = f->skv_pool, .n_blocks = td_kv_n_blocks(f->skv), .layout = *td_kv_get_layout(f->skv)};
+        }
     } else if ((st = td_dev_stream_create(dev, &f->s, &e))) {
         td_fwd_dev_destroy(f);
         return td_fail(err, st, "forward on %s: %s", dev->info.name, e.msg);
@@ -268,6 +307,8 @@ typedef struct step_meta {
     int32_t dec_first, dec_n, dec_pos, dec_table, n_dec; /* decode tokens */
     int32_t pre_first, pre_n, pre_pos, pre_table, n_pre; /* prompt chunks */
     int32_t stride, max_ctx, max_q;
+    /* host prompts attended on the device, in the scratch cache */
+    int32_t sp_first, sp_n, sp_pos, sp_table, n_sp, sp_stride, sp_max_ctx;
     size_t used;
 } step_meta;
 
@@ -301,16 +342,39 @@ static void lay_out(td_fwd_dev *f, const td_kv_cache *dkv, const td_fwd_seq *seq
     sm->pre_first = 7 * T, sm->pre_n = 8 * T, sm->pre_pos = 9 * T;
     sm->dec_table = 10 * T;
     sm->pre_table = sm->dec_table + sm->n_dec * sm->stride;
-    sm->used = (size_t)sm->pre_table + (size_t)sm->n_pre * (size_t)sm->stride;
+    /* the scratch prompts: whole chunks from position 0 */
+    sm->n_sp = f->n_dp;
+    for (int32_t i = n_dev; i < n_dev + f->n_dp; i++) {
+        const int32_t blocks = (seqs[i].n_tokens + 15) / 16;
+        if (blocks > sm->sp_stride)
+            sm->sp_stride = blocks;
+        if (seqs[i].n_tokens > sm->sp_max_ctx)
+            sm->sp_max_ctx = seqs[i].n_tokens;
+    }
+    sm->sp_first = sm->pre_table + sm->n_pre * sm->stride;
+    sm->sp_n = sm->sp_first + sm->n_sp, sm->sp_pos = sm->sp_n + sm->n_sp;
+    sm->sp_table = sm->sp_pos + sm->n_sp;
+    sm->used = (size_t)sm->sp_table + (size_t)sm->n_sp * (size_t)sm->sp_stride;
 
     int32_t t = 0, nd = 0, np = 0;
     int32_t *first = f->seq_first ? f->seq_first : NULL;
     for (int32_t i = 0; i < n_seqs; i++) {
         const td_fwd_seq *s = &seqs[i];
-        const bool on_dev = i < n_dev;
-        const int32_t *blocks = on_dev ? td_kv_seq_blocks(dkv, s->kv_seq) : NULL;
+        const bool on_dev = i < n_dev, scratch = !on_dev && i < n_dev + f->n_dp;
+        const int32_t *blocks = on_dev    ? td_kv_seq_blocks(dkv, s->kv_seq)
+                                : scratch ? td_kv_seq_blocks(f->skv, f->dp_seq[i - n_dev])
+                                          : NULL;
         if (first)
             first[i] = t;
+        if (scratch) {
+            const int32_t j = i - n_dev, nb = (s->n_tokens + 15) / 16;
+            int32_t *table = h + sm->sp_table + (size_t)j * sm->sp_stride;
+            memcpy(table, blocks, (size_t)nb * sizeof *table);
+            memset(table + nb, 0, (size_t)(sm->sp_stride - nb) * sizeof *table);
+            h[sm->sp_first + j] = t;
+            h[sm->sp_n + j] = s->n_tokens;
+            h[sm->sp_pos + j] = 0;
+        }
         if (on_dev) {
             const int32_t nb = (s->pos + s->n_tokens + bt - 1) / bt;
             const bool dec = s->n_tokens == 1 && !s->prompt;
@@ -326,7 +390,7 @@ static void lay_out(td_fwd_dev *f, const td_kv_cache *dkv, const td_fwd_seq *seq
             const int32_t p = s->pos + k;
             h[sm->ids + t] = s->tokens[k];
             h[sm->pos + t] = p;
-            h[sm->slots + t] = on_dev ? blocks[p / bt] * bt + p % bt : 0;
+            h[sm->slots + t] = on_dev ? blocks[p / bt] * bt + p % bt : scratch ? blocks[p / 16] * 16 + p % 16 : 0;
         }
     }
     /* logits rows, in the caller's order of sequences */
@@ -437,14 +501,42 @@ static tandem_status stage_pre(void *ctx, int32_t b, int32_t l, td_stream *s, td
  * sub-batch's host rows. */
 static tandem_status stage_dattn(void *ctx, int32_t b, int32_t l, td_stream *s, td_error *err) {
     td_fwd_dev *f = ctx;
-    if (b > 0 || f->n_dev == 0)
+    if (b > 0)
         return TANDEM_OK;
     const td_llama_config *c = &f->m->cfg;
-    const int64_t Q = (int64_t)c->n_heads * c->head_dim, KV = (int64_t)c->n_kv_heads * c->head_dim, W = Q + 2 * KV;
+    const int64_t D = c->head_dim, Q = (int64_t)c->n_heads * D, KV = (int64_t)c->n_kv_heads * D, W = Q + 2 * KV;
     const struct step_meta *sm = f->sm;
-    tandem_status st =
-        td_dev_kv_append(f->dev, s, &f->dkv, l, f->t_dev, f->qkv + Q, W, f->qkv + Q + KV, W, f->meta + sm->slots, err);
-    return st ? st : device_attention(f, s, &f->dkv, l, sm, f->ao, err);
+    tandem_status st;
+    if (f->n_dev > 0 && ((st = td_dev_kv_append(f->dev, s, &f->dkv, l, f->t_dev, f->qkv + Q, W, f->qkv + Q + KV, W,
+                                                f->meta + sm->slots, err)) ||
+                         (st = device_attention(f, s, &f->dkv, l, sm, f->ao, err))))
+        return st;
+    if (f->n_dp == 0)
+        return TANDEM_OK;
+    /* the host prompts: K and V into the scratch cache (the CPU writes the
+     * host cache's from the same rows), causal attention over them */
+    const float *rows = f->qkv + (int64_t)f->t_dev * W;
+    if ((st = td_dev_kv_append(f->dev, s, &f->sdkv, l, f->t_dp, rows + Q, W, rows + Q + KV, W,
+                               f->meta + sm->slots + f->t_dev, err)))
+        return st;
+    td_dattn a = {.kv = f->sdkv,
+                  .layer = l,
+                  .n_q_heads = c->n_heads,
+                  .scale = (float)(1.0 / sqrt((double)D)),
+                  .n_seqs = sm->n_sp,
+                  .q_first = f->meta + sm->sp_first,
+                  .n_q = f->meta + sm->sp_n,
+                  .pos = f->meta + sm->sp_pos,
+                  .block_table = f->meta + sm->sp_table,
+                  .table_stride = sm->sp_stride,
+                  .max_ctx = sm->sp_max_ctx,
+                  .max_q = sm->sp_max_ctx,
+                  .q = f->qkv,
+                  .q_stride = W,
+                  .out = f->ao,
+                  .out_stride = Q,
+                  .out_dtype = TD_DTYPE_BF16};
+    return td_dev_attn_prefill(f->dev, s, &a, err);
 }
 
 static tandem_status stage_down(void *ctx, int32_t b, int32_t l, td_stream *s, td_error *err) {
@@ -452,7 +544,7 @@ static tandem_status stage_down(void *ctx, int32_t b, int32_t l, td_stream *s, t
     (void)l;
     const td_llama_config *c = &f->m->cfg;
     const int64_t W = (int64_t)(c->n_heads + 2 * c->n_kv_heads) * c->head_dim;
-    const int32_t t0 = f->sb[b].h0, n = f->sb[b].t1 - t0; /* the host-placed rows */
+    const int32_t t0 = f->sb[b].d0, n = f->sb[b].t1 - t0; /* the host-placed rows */
     if (n == 0)
         return TANDEM_OK;
     return td_dev_copy(f->dev, s, f->qkv_host + t0 * W, f->qkv + t0 * W, (size_t)(n * W) * 4, TD_COPY_D2H, err);
@@ -463,6 +555,8 @@ static tandem_status stage_down(void *ctx, int32_t b, int32_t l, td_stream *s, t
 static tandem_status stage_attend(void *ctx, int32_t b, int32_t l, td_error *err) {
     td_fwd_dev *f = ctx;
     const sub_batch *sb = &f->sb[b];
+    if (b == 0 && f->n_dp > 0) /* the host prompts the device attended: their K and V only */
+        td_fwd_write_host_kv(f->hkv, &f->m->cfg, l, f->seqs + f->n_dev, f->n_dp, f->seq_first + f->n_dev, f->qkv_host);
     if (sb->s1 == sb->hs0)
         return TANDEM_OK;
     /* with a trace, each thread's share of the kernels gets a slice */
@@ -582,15 +676,32 @@ const td_cost_calib *td_fwd_dev_calibration(const td_fwd_dev *f) { return &f->ca
  * number of sub-batches. */
 static int32_t order_and_split(td_fwd_dev *f, const td_kv_cache *dkv, const td_kv_cache *hkv, const td_fwd_seq *seqs,
                                int32_t n_seqs) {
+    /* host prompts at position 0 attend on the device when the scratch
+     * cache takes them (and holds the host cache's dtype: the same values) */
+    const bool scratch_ok = f->skv && hkv && td_kv_get_layout(hkv)->dtype == td_kv_get_layout(f->skv)->dtype;
+    int32_t n_dp = 0, t_dp = 0;
+    for (int32_t i = 0; i < n_seqs; i++) { /* 0: device-placed, 1: a host prompt the device attends, 2: the CPU's */
+        const td_fwd_seq *q = &seqs[i];
+        f->cls[i] = !dkv || (hkv && q->on_host) ? 2 : 0;
+        int32_t id;
+        if (f->cls[i] == 2 && scratch_ok && q->prompt && q->pos == 0 && n_dp < SCRATCH_SEQS &&
+            td_kv_seq_new(f->skv, &id, NULL) == TANDEM_OK) {
+            if (td_kv_seq_grow(f->skv, id, q->n_tokens, NULL) != TANDEM_OK) {
+                td_kv_seq_free(f->skv, id, NULL);
+                continue;
+            }
+            f->dp_seq[n_dp++] = id;
+            t_dp += q->n_tokens;
+            f->cls[i] = 1;
+        }
+    }
     int32_t k = 0;
-    for (int pass = 0; pass < 2; pass++) /* device-placed, then host-placed, each in the caller's order */
-        for (int32_t i = 0; i < n_seqs; i++) {
-            const bool host = !dkv || (hkv && seqs[i].on_host);
-            if (host == (pass == 1)) {
+    for (int8_t pass = 0; pass < 3; pass++) /* each class in the caller's order */
+        for (int32_t i = 0; i < n_seqs; i++)
+            if (f->cls[i] == pass) {
                 f->inv[i] = k;
                 f->order[k++] = seqs[i];
             }
-        }
     int32_t n_dev = 0, t = 0;
     for (int32_t i = 0; i < n_seqs; i++) {
         const bool host = !dkv || (hkv && f->order[i].on_host);
@@ -600,15 +711,18 @@ static int32_t order_and_split(td_fwd_dev *f, const td_kv_cache *dkv, const td_k
     }
     f->n_dev = n_dev;
     f->t_dev = t;
-    const td_fwd_seq *h = f->order + n_dev;
-    const int32_t n_host = n_seqs - n_dev;
+    f->n_dp = n_dp;
+    f->t_dp = t_dp;
+    const int32_t n_front = n_dev + n_dp, t_front = t + t_dp; /* the device attends these */
+    const td_fwd_seq *h = f->order + n_front;
+    const int32_t n_host = n_seqs - n_front;
     double total = 0, part = 0;
     for (int32_t i = 0; i < n_host; i++)
         total += (double)h[i].n_tokens * (h[i].pos + h[i].n_tokens + 64.0);
     int32_t cut = n_host; /* host sequences [0, cut) go to sub-batch 0 */
     if (n_host >= 2) {
         /* with device work, sub-batch 0 may hold no host sequence */
-        cut = n_dev > 0 ? 0 : 1;
+        cut = n_front > 0 ? 0 : 1;
         if (cut)
             part = (double)h[0].n_tokens * (h[0].pos + h[0].n_tokens + 64.0);
         for (; cut < n_host - 1; cut++) {
@@ -621,14 +735,16 @@ static int32_t order_and_split(td_fwd_dev *f, const td_kv_cache *dkv, const td_k
     if (n_host >= 1 && f->force_sub != 2 && (f->force_sub == 1 || one_sub_batch_is_faster(f, n_seqs, n_host, cut)))
         cut = n_host;
     f->planned = cost_batch(f, n_seqs, n_host, cut);
-    int32_t tokens = t, t_cut = t;
+    int32_t tokens = t_front, t_cut = t_front;
     for (int32_t i = 0; i < n_host; i++) {
         tokens += h[i].n_tokens;
         if (i < cut)
             t_cut += h[i].n_tokens;
     }
-    f->sb[0] = (sub_batch){.t0 = 0, .t1 = t_cut, .h0 = t, .s0 = 0, .s1 = n_dev + cut, .hs0 = n_dev};
-    f->sb[1] = (sub_batch){.t0 = t_cut, .t1 = tokens, .h0 = t_cut, .s0 = n_dev + cut, .s1 = n_seqs, .hs0 = n_dev + cut};
+    f->sb[0] = (sub_batch){.t0 = 0, .t1 = t_cut, .h0 = t_front, .d0 = t, .s0 = 0, .s1 = n_front + cut, .hs0 = n_front};
+    f->sb[1] = (sub_batch){
+        .t0 = t_cut, .t1 = tokens, .h0 = t_cut, .d0 = t_cut, .s0 = n_front + cut, .s1 = n_seqs, .hs0 = n_front + cut};
+    /* a step whose host sequences all attend on the device is still one sub-batch */
     return cut < n_host ? 2 : 1;
 }
 
@@ -669,8 +785,9 @@ tandem_status td_fwd_dev_step(td_fwd_dev *f, const td_kv_cache *dkv, td_kv_cache
         f->seqs = f->order;
         f->pos_off = sm.pos;
         f->sm = &sm;
+        /* the device attends in both modes when a host prompt takes the scratch cache */
         if ((st = td_pipe_run(f->pipe, n_sub, c->n_layers,
-                              f->attn == TD_ATTN_HYBRID ? &hybrid_stages : &cpu_attn_stages, f, err)))
+                              f->attn == TD_ATTN_HYBRID || f->n_dp > 0 ? &hybrid_stages : &cpu_attn_stages, f, err)))
             goto sync;
     } else {
         for (int32_t l = 0; l < c->n_layers; l++)
@@ -691,6 +808,9 @@ sync:;
         st = td_fail(err, st2, "forward on %s: %s", d->info.name, e2.msg);
     if (st == TANDEM_OK && f->pipe)
         calibrate(f);
+    for (int32_t i = 0; i < f->n_dp; i++) /* the scratch prompts' K/V are in the host cache now */
+        td_kv_seq_free(f->skv, f->dp_seq[i], NULL);
+    f->n_dp = f->t_dp = 0;
     return st;
 }
 

@@ -25,6 +25,14 @@
  * (pipeline/pipeline.h). Every op is the host path's, so on the emulated
  * device the tokens are the CPU-only path's.
  *
+ * Prompts whose KV goes to the host attend on the device all the same
+ * when their chunk starts at position 0 (the whole prompt, or its first
+ * chunk): their K and V go to a scratch device cache for the step's causal
+ * attention and down with the rest of their rows, and the CPU only writes
+ * them into the host cache; later chunks, whose earlier K/V are on the
+ * host, attend on the CPU. Prefill is the step where the CPU's attention
+ * would cost most (quadratic in the chunk) and the device's least.
+ *
  * Hybrid placement: each sequence attends where its KV lives. The step
  * orders its sequences device-placed first; those all go to sub-batch 0,
  * whose pre stage also appends their K/V to the device cache and runs
@@ -74,6 +82,10 @@ tandem_status td_fwd_attend_host(td_attn *a, td_kv_cache *kv, const td_llama_con
                                  const td_fwd_seq *seqs, int32_t n, const int32_t *first, const float *qkv, void *out,
                                  td_dtype out_dtype, td_attn_seq *ents, td_attn_run *runs, td_error *err);
 
+/* The first half of td_fwd_attend_host alone: K and V of n sequences'
+ * rows into kv (for prompts whose attention ran on the device). */
+void td_fwd_write_host_kv(td_kv_cache *kv, const td_llama_config *c, int32_t layer, const td_fwd_seq *seqs, int32_t n,
+                          const int32_t *first, const float *qkv);
 /* Host memory for the logits the device writes back (pinned), and its release. */
 tandem_status td_fwd_dev_host_alloc(td_fwd_dev *f, size_t bytes, void **p, td_error *err);
 void td_fwd_dev_host_free(td_fwd_dev *f, void *p);

@@ -202,20 +202,22 @@ class Cli(unittest.TestCase):
         stage_tracks = {"device stream", "copy D2H", "copy H2D", "CPU attention"}
         self.assertTrue(stage_tracks <= set(tracks.values()), tracks)
         # a track per CPU thread of the attention team (2 on this machine's default), with the
-        # decode and prefill kernels' shares, inside their attend stage
+        # decode kernel's shares inside their attend stage (the prompts, at position 0, attend on
+        # the device: 'attn-dev' on the device's track, and only their K and V come down)
         threads = {tid for tid, name in tracks.items() if name.startswith("CPU thread ")}
         self.assertEqual(set(tracks.values()) - stage_tracks, {tracks[t] for t in threads})
         self.assertGreaterEqual(len(threads), 1)
         stage_slices = [e for e in events if e["ph"] == "X" and e["tid"] not in threads]
         thread_slices = [e for e in events if e["ph"] == "X" and e["tid"] in threads]
-        self.assertEqual({e["name"] for e in thread_slices}, {"decode", "prefill"})
+        self.assertEqual({e["name"] for e in thread_slices}, {"decode"})
         attend = {(e["args"]["step"], e["args"]["layer"], e["args"]["sub_batch"]): e
                   for e in stage_slices if e["name"] == "attend"}
         for e in thread_slices:
             a = attend[(e["args"]["step"], e["args"]["layer"], e["args"]["sub_batch"])]
             self.assertTrue(a["ts"] - 1 <= e["ts"] and e["ts"] + e["dur"] <= a["ts"] + a["dur"] + 1, (e, a))
         slices = stage_slices
-        self.assertEqual({e["name"] for e in slices}, {"pre", "down", "attend", "up", "post"})
+        self.assertEqual({e["name"] for e in slices}, {"pre", "attn-dev", "down", "attend", "up", "post"})
+        self.assertEqual({e["args"]["step"] for e in slices if e["name"] == "attn-dev"}, {0})  # the prompts' step
         self.assertEqual(len({e["args"]["step"] for e in slices}), steps)
         self.assertEqual({e["args"]["layer"] for e in slices}, set(range(30)))  # SmolLM2's 30 layers
         self.assertEqual({e["args"]["sub_batch"] for e in slices}, {0, 1})
