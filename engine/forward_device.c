@@ -771,9 +771,11 @@ tandem_status td_fwd_dev_step(td_fwd_dev *f, const td_kv_cache *dkv, td_kv_cache
         n_sub = order_and_split(f, dkv, hkv, seqs, n_seqs);
         lay_out(f, dkv, f->order, n_seqs, f->n_dev, f->inv, T, &sm);
     }
-    if (sm.used > f->meta_cap)
-        return td_fail(err, TANDEM_ERR_INTERNAL, "forward: %zu ints of step metadata (room for %zu)", sm.used,
-                       f->meta_cap);
+    if (sm.used > f->meta_cap) {
+        st = td_fail(err, TANDEM_ERR_INTERNAL, "forward: %zu ints of step metadata (room for %zu)", sm.used,
+                     f->meta_cap);
+        goto sync;
+    }
     if (dkv)
         f->dkv = (td_dkv){
             .pool = (void *)td_kv_pool(dkv), .n_blocks = td_kv_n_blocks(dkv), .layout = *td_kv_get_layout(dkv)};
