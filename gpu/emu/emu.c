@@ -166,6 +166,14 @@ static void sleep_until(double t) {
     double now = td_seconds();
     if (t <= now)
         return;
+    /* wake when asked, not up to 50 us later (the default timer slack):
+     * timed ops are microseconds long, and in timed mode the host's own
+     * threads sleep here (event and stream syncs) */
+    static _Thread_local bool slack_set;
+    if (!slack_set) {
+        prctl(PR_SET_TIMERSLACK, 1UL, 0UL, 0UL, 0UL);
+        slack_set = true;
+    }
     /* td_seconds is CLOCK_MONOTONIC: sleep against the same clock */
     struct timespec ts;
     ts.tv_sec = (time_t)t;
@@ -261,12 +269,15 @@ static size_t emu_mem_used(td_device *dev) {
 }
 
 static tandem_status emu_host_alloc(td_device *dev, size_t bytes, void **ptr, td_error *err) {
-    (void)dev;
     *ptr = NULL;
     if (bytes == 0)
         return td_fail(err, TANDEM_ERR_INVALID_ARGUMENT, "host_alloc: 0 bytes");
     if (bytes > SIZE_MAX - 63 || !(*ptr = aligned_alloc(64, (bytes + 63) & ~(size_t)63)))
         return td_fail(err, TANDEM_ERR_OUT_OF_MEMORY, "host_alloc: cannot allocate %zu bytes", bytes);
+    /* timed copies move nothing: what the host reads from such a buffer
+     * stays zeros (fixed values, no denormals to slow a kernel) */
+    if (E(dev)->mode == TD_EMU_TIMED)
+        memset(*ptr, 0, bytes);
     return TANDEM_OK;
 }
 
@@ -587,6 +598,9 @@ static double model_seconds(const emu *d, const op *o) {
     return td_gpu_model_seconds(d->gpu, f, b);
 }
 
+/* Timed mode: uploads up to this size move their bytes (see run_copy). */
+#define TIMED_MOVED_BYTES ((size_t)4 << 20)
+
 static tandem_status run_copy(td_stream *s, const op *o) {
     emu *d = s->d;
     const td_copy_dir dir = o->u.copy.dir;
@@ -596,7 +610,13 @@ static tandem_status run_copy(td_stream *s, const op *o) {
                    td_link_model_seconds(d->link, dir == TD_COPY_H2D, o->u.copy.bytes), o->t_enq);
     else if (d->mode == TD_EMU_TIMED)
         end = book(s, &d->compute_free, model_seconds(d, o), o->t_enq);
-    memmove(o->u.copy.dst, o->u.copy.src, o->u.copy.bytes);
+    /* Timed: the device computes nothing, so its data need not move, and
+     * moving it on the enqueuing thread would take the host the time a
+     * GPU's copy engine takes. But a timed op's cost may depend on the
+     * step's metadata it reads (attention's positions and lengths), which
+     * comes up in small copies: those move. */
+    if (d->mode == TD_EMU_COMPUTE || (dir == TD_COPY_H2D && o->u.copy.bytes <= TIMED_MOVED_BYTES))
+        memmove(o->u.copy.dst, o->u.copy.src, o->u.copy.bytes);
     if (d->mode == TD_EMU_COMPUTE) /* the stream's next op computes for real: after the copy's time */
         sleep_until(end);
     return TANDEM_OK;
@@ -637,7 +657,8 @@ static void run_op(td_stream *s, const op *o) {
     case OP_MEMSET:
         if (d->mode == TD_EMU_TIMED)
             book(s, &d->compute_free, model_seconds(d, o), o->t_enq);
-        memset(o->u.copy.dst, o->u.copy.value, o->u.copy.bytes);
+        else
+            memset(o->u.copy.dst, o->u.copy.value, o->u.copy.bytes);
         break;
     default:
         if (d->mode == TD_EMU_TIMED) {
@@ -688,7 +709,49 @@ static void *worker(void *arg) {
     return NULL;
 }
 
+/* Timed mode books each op as it is enqueued, on the caller's thread: a
+ * timed op computes nothing, so nothing needs the stream's worker, and the
+ * host sees the device only through events and syncs, which sleep until
+ * the booked time. Handing timed ops to a worker cost a thread wake-up per
+ * event on the host's cores (50-200 µs on a loaded two-core machine, where
+ * the workers compete with the CPU attention team), a cost a GPU does not
+ * put on its host. Events pass at their booked time (emu_event_query,
+ * emu_event_sync); a wait on an event takes its booked time, which is
+ * known once the record is enqueued (as CUDA, a wait on an event not yet
+ * recorded waits for nothing). */
+static void run_timed(td_stream *s, const op *o0) {
+    emu *d = s->d;
+    op o = *o0;
+    o.t_enq = td_seconds();
+    switch (o.kind) {
+    case OP_RECORD:
+        pthread_mutex_lock(&d->lock);
+        if (o.u.ev.ticket > o.u.ev.e->passed) {
+            o.u.ev.e->passed = o.u.ev.ticket;
+            o.u.ev.e->when = s->cursor > o.t_enq ? s->cursor : o.t_enq;
+        }
+        pthread_cond_broadcast(&d->progress);
+        pthread_mutex_unlock(&d->lock);
+        break;
+    case OP_WAIT:
+        pthread_mutex_lock(&d->lock);
+        if (o.u.ev.e->passed >= o.u.ev.ticket && o.u.ev.e->when > s->cursor)
+            s->cursor = o.u.ev.e->when;
+        pthread_mutex_unlock(&d->lock);
+        break;
+    default: run_op(s, &o); break; /* books, and moves the bytes of a copy or memset */
+    }
+    pthread_mutex_lock(&s->mu);
+    s->enqueued++;
+    s->completed++;
+    pthread_mutex_unlock(&s->mu);
+}
+
 static tandem_status enqueue(td_stream *s, const op *o, td_error *err) {
+    if (s->d->mode == TD_EMU_TIMED) {
+        run_timed(s, o);
+        return TANDEM_OK;
+    }
     pthread_mutex_lock(&s->mu);
     if (s->head == s->len)
         s->head = s->len = 0;
@@ -808,7 +871,7 @@ static tandem_status emu_stream_wait(td_device *dev, td_stream *s, td_event *e, 
 static bool emu_event_query(td_device *dev, td_event *e) {
     emu *d = E(dev);
     pthread_mutex_lock(&d->lock);
-    bool passed = e->passed >= e->issued;
+    bool passed = e->passed >= e->issued && (d->mode != TD_EMU_TIMED || td_seconds() >= e->when);
     pthread_mutex_unlock(&d->lock);
     return passed;
 }
@@ -821,7 +884,10 @@ static tandem_status emu_event_sync(td_device *dev, td_event *e, td_error *err) 
     uint64_t t = e->issued;
     while (e->passed < t)
         pthread_cond_wait(&d->progress, &d->lock);
+    const double when = e->when;
     pthread_mutex_unlock(&d->lock);
+    if (d->mode == TD_EMU_TIMED) /* booked, not yet reached */
+        sleep_until(when);
     return TANDEM_OK;
 }
 
