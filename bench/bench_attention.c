@@ -57,22 +57,6 @@ static void usage(FILE *f) {
                "  --working-set max(1G, 4x last-level cache), --min-time 0.4, JSON lines to stdout.\n");
 }
 
-static int parse_size(const char *s, size_t *out) {
-    char *end;
-    double v = strtod(s, &end);
-    double mul = 1;
-    if (*end == 'K' || *end == 'k')
-        mul = 1024.0, end++;
-    else if (*end == 'M' || *end == 'm')
-        mul = 1024.0 * 1024, end++;
-    else if (*end == 'G' || *end == 'g')
-        mul = 1024.0 * 1024 * 1024, end++;
-    if (*end || !(v > 0))
-        return 0;
-    *out = (size_t)(v * mul);
-    return 1;
-}
-
 static int parse_list(const char *s, const char *(*name)(int), int n, unsigned *mask) {
     *mask = 0;
     char buf[256];
@@ -202,9 +186,9 @@ int main(int argc, char **argv) {
         else if (!strcmp(a, "--threads") && v)
             ok = (o.threads = atoi(v)) > 0, i++;
         else if (!strcmp(a, "--mem-cap") && v)
-            ok = parse_size(v, &o.mem_cap), i++;
+            ok = td_bench_parse_size(v, &o.mem_cap), i++;
         else if (!strcmp(a, "--working-set") && v)
-            ok = parse_size(v, &o.working_set), i++;
+            ok = td_bench_parse_size(v, &o.working_set), i++;
         else if (!strcmp(a, "--min-time") && v)
             ok = (o.min_time = atof(v)) >= 0, i++;
         else if (!strcmp(a, "--isa") && v)

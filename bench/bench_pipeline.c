@@ -58,17 +58,6 @@ typedef struct options {
     int batch[16], ctx[16], n_configs, steps, threads;
 } options;
 
-/* "24G", "512M" -> bytes */
-static int parse_size(const char *s, size_t *out) {
-    char *end;
-    double v = strtod(s, &end);
-    double mul = *end == 'G' || *end == 'g' ? 1 << 30 : *end == 'M' || *end == 'm' ? 1 << 20 : 1;
-    if (!(v > 0) || (mul > 1 && end[1]) || (mul == 1 && *end))
-        return 0;
-    *out = (size_t)(v * mul);
-    return 1;
-}
-
 static int parse_configs(const char *s, options *o) {
     char buf[256];
     snprintf(buf, sizeof buf, "%s", s);
@@ -106,7 +95,7 @@ static int parse(int argc, char **argv, options *o) {
             o->jsonl = v;
         else if (!strcmp(a, "--profile"))
             o->profile = v;
-        else if (!strcmp(a, "--gpu-mem") && parse_size(v, &o->gpu_mem))
+        else if (!strcmp(a, "--gpu-mem") && td_bench_parse_size(v, &o->gpu_mem))
             ;
         else {
             fprintf(stderr, "bench_pipeline: bad option %s %s\n", a, v);

@@ -1,4 +1,4 @@
-/* Small helpers the benchmarks share: argument lists and the CPU's name. */
+/* Small helpers the benchmarks share: argument lists and sizes. */
 #ifndef TD_BENCH_UTIL_H
 #define TD_BENCH_UTIL_H
 
@@ -19,6 +19,23 @@ static inline int td_bench_parse_ints(const char *s, int *out, int *n) {
         out[(*n)++] = (int)v;
     }
     return *n > 0;
+}
+
+/* "4G", "512M", "1048576" -> bytes (K, M, G: powers of 1024); 0 on a bad size. */
+static inline int td_bench_parse_size(const char *s, size_t *out) {
+    char *end;
+    double v = strtod(s, &end);
+    double mul = 1;
+    if (*end == 'K' || *end == 'k')
+        mul = 1024.0, end++;
+    else if (*end == 'M' || *end == 'm')
+        mul = 1024.0 * 1024, end++;
+    else if (*end == 'G' || *end == 'g')
+        mul = 1024.0 * 1024 * 1024, end++;
+    if (*end || !(v > 0))
+        return 0;
+    *out = (size_t)(v * mul);
+    return 1;
 }
 
 #endif /* TD_BENCH_UTIL_H */

@@ -67,6 +67,12 @@ static tandem_status validate(const td_kv_config *c, int32_t block_tokens, td_er
     return TANDEM_OK;
 }
 
+size_t td_kv_config_block_bytes(const td_kv_config *cfg) {
+    const size_t block_tokens = cfg->block_tokens ? (size_t)cfg->block_tokens : TD_KV_DEFAULT_BLOCK_TOKENS;
+    return (size_t)cfg->n_layers * (size_t)cfg->n_kv_heads * 2 * block_tokens * (size_t)cfg->head_dim *
+           td_dtype_size(cfg->dtype);
+}
+
 tandem_status td_kv_create(const td_kv_config *cfg, td_kv_cache **out, td_error *err) {
     *out = NULL;
     int32_t block_tokens = cfg->block_tokens ? cfg->block_tokens : TD_KV_DEFAULT_BLOCK_TOKENS;
@@ -83,7 +89,7 @@ tandem_status td_kv_create(const td_kv_config *cfg, td_kv_cache **out, td_error 
         .tile_bytes = (size_t)block_tokens * (size_t)cfg->head_dim * td_dtype_size(cfg->dtype),
     };
     /* n_layers * n_kv_heads * 2 * tile <= 4096 * 1024 * 2 * 512 KiB = 4 TiB: no overflow in size_t */
-    l.block_bytes = (size_t)cfg->n_layers * (size_t)cfg->n_kv_heads * 2 * l.tile_bytes;
+    l.block_bytes = td_kv_config_block_bytes(cfg);
     size_t n_blocks = cfg->budget_bytes / l.block_bytes;
     if (n_blocks == 0)
         return td_fail(err, TANDEM_ERR_INVALID_ARGUMENT,

@@ -90,6 +90,9 @@ static inline size_t td_kv_v_index(int32_t head_dim, int32_t t, int32_t d) {
 }
 
 tandem_status td_kv_create(const td_kv_config *cfg, td_kv_cache **out, td_error *err);
+/* Bytes of one block a cache of cfg would have (its layout's block_bytes):
+ * to size a pool before making the cache. cfg must be valid. */
+size_t td_kv_config_block_bytes(const td_kv_config *cfg);
 void td_kv_destroy(td_kv_cache *kv);
 
 const td_kv_layout *td_kv_get_layout(const td_kv_cache *kv);

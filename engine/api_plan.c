@@ -1,5 +1,4 @@
 /* tandem_plan: the cost model behind the public API (include/tandem.h). */
-#include <stdarg.h>
 #include <stddef.h>
 #include <stdio.h>
 #include <string.h>
@@ -11,16 +10,6 @@
 #include "engine/llama_config.h"
 #include "offload/costmodel.h"
 #include "tandem.h"
-
-static tandem_status fail(char *buf, size_t cap, tandem_status st, const char *fmt, ...) {
-    if (buf && cap) {
-        va_list ap;
-        va_start(ap, fmt);
-        vsnprintf(buf, cap, fmt, ap);
-        va_end(ap);
-    }
-    return st;
-}
 
 /* The shapes the cost model needs, from the GGUF's metadata alone. */
 static tandem_status read_shape(const char *path, td_cost_shape *m, td_error *err) {
@@ -41,14 +30,15 @@ tandem_status tandem_plan(const tandem_plan_query *qin, tandem_plan_result *out,
     tandem_plan_query_init(&q);
     if (!qin || !out || qin->struct_size < offsetof(tandem_plan_query, host_seqs) ||
         out->struct_size < offsetof(tandem_plan_result, search_seconds))
-        return fail(err, cap, TANDEM_ERR_INVALID_ARGUMENT, "plan: set struct_size in the query and the result");
+        return td_api_fail(err, cap, TANDEM_ERR_INVALID_ARGUMENT, "plan: set struct_size in the query and the result");
     memcpy(&q, qin, qin->struct_size < sizeof q ? qin->struct_size : sizeof q);
     if (!q.profile)
-        return fail(err, cap, TANDEM_ERR_INVALID_ARGUMENT, "plan: no profile (a file from `tandem tune`, or a preset)");
+        return td_api_fail(err, cap, TANDEM_ERR_INVALID_ARGUMENT,
+                           "plan: no profile (a file from `tandem tune`, or a preset)");
     if (q.batch < 1 || q.ctx < 1 || q.host_seqs < -1 || q.host_seqs > q.batch)
-        return fail(err, cap, TANDEM_ERR_INVALID_ARGUMENT,
-                    "plan: batch %d and ctx %d must be >= 1, host_seqs %d in [-1, %d]", q.batch, q.ctx, q.host_seqs,
-                    q.batch);
+        return td_api_fail(err, cap, TANDEM_ERR_INVALID_ARGUMENT,
+                           "plan: batch %d and ctx %d must be >= 1, host_seqs %d in [-1, %d]", q.batch, q.ctx,
+                           q.host_seqs, q.batch);
     td_error e;
     td_profile *p = NULL;
     td_cost_shape m;
@@ -57,11 +47,11 @@ tandem_status tandem_plan(const tandem_plan_query *qin, tandem_plan_result *out,
         st = read_shape(td_api_model_path(q.model_path), &m, &e);
     if (st) {
         td_profile_free(p);
-        return fail(err, cap, st, "plan: %s", e.msg);
+        return td_api_fail(err, cap, st, "plan: %s", e.msg);
     }
     if (q.ctx >= 1 << 24) {
         td_profile_free(p);
-        return fail(err, cap, TANDEM_ERR_INVALID_ARGUMENT, "plan: ctx %d is too long", q.ctx);
+        return td_api_fail(err, cap, TANDEM_ERR_INVALID_ARGUMENT, "plan: ctx %d is too long", q.ctx);
     }
     const double t0 = td_seconds();
     td_cost_limits lim = {.gpu_mem = q.gpu_mem_bytes ? (double)q.gpu_mem_bytes : p->dev_mem_bytes,
@@ -74,9 +64,9 @@ tandem_status tandem_plan(const tandem_plan_query *qin, tandem_plan_result *out,
     const double fixed = td_cost_device_fixed_bytes(&m, q.batch);
     td_profile_free(p);
     if (plan.chosen < 0)
-        return fail(err, cap, TANDEM_ERR_OUT_OF_MEMORY,
-                    "plan: the weights and workspace take %.2f GB; the device has %.2f GB", fixed / 1e9,
-                    lim.gpu_mem / 1e9);
+        return td_api_fail(err, cap, TANDEM_ERR_OUT_OF_MEMORY,
+                           "plan: the weights and workspace take %.2f GB; the device has %.2f GB", fixed / 1e9,
+                           lim.gpu_mem / 1e9);
     tandem_plan_result r = {.struct_size = out->struct_size < sizeof r ? out->struct_size : sizeof r,
                             .device_tok_s = plan.device_tok_s,
                             .device_batch = plan.device_batch,

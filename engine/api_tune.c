@@ -1,7 +1,6 @@
 /* tandem_tune: the public face of the hardware profiler (offload/tune.h).
  * Opens the device a tandem_tune_config names, reads a model's shapes when
  * given one, measures, and writes the profile (offload/profile.h). */
-#include <stdarg.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <string.h>
@@ -16,17 +15,6 @@
 /* The emulated device's models when the config names none: it is timed
  * (a GPU's times, not the host's: the host is the CPU being measured). */
 static const char EMU_GPU[] = "H100-PCIe", EMU_LINK[] = "pcie5-x16";
-
-TD_PRINTF(4, 5)
-static tandem_status fail(char *err, size_t cap, tandem_status st, const char *fmt, ...) {
-    if (err && cap) {
-        va_list ap;
-        va_start(ap, fmt);
-        vsnprintf(err, cap, fmt, ap);
-        va_end(ap);
-    }
-    return st;
-}
 
 /* The device c names. AUTO: a CUDA device, else the emulated one; *why
  * says why not CUDA. */
@@ -52,10 +40,10 @@ tandem_status tandem_tune(const tandem_tune_config *cin, const char *out_path, c
     if (err && err_cap)
         err[0] = '\0';
     if (!cin)
-        return fail(err, err_cap, TANDEM_ERR_INVALID_ARGUMENT, "tune: no config");
+        return td_api_fail(err, err_cap, TANDEM_ERR_INVALID_ARGUMENT, "tune: no config");
     if (cin->struct_size < TD_API_TUNE_MIN_SIZE)
-        return fail(err, err_cap, TANDEM_ERR_INVALID_ARGUMENT,
-                    "tune: struct_size %zu (call tandem_tune_config_init first)", cin->struct_size);
+        return td_api_fail(err, err_cap, TANDEM_ERR_INVALID_ARGUMENT,
+                           "tune: struct_size %zu (call tandem_tune_config_init first)", cin->struct_size);
     /* an older caller's struct is shorter: the fields past it keep their defaults */
     tandem_tune_config cfg;
     tandem_tune_config_init(&cfg);
@@ -63,19 +51,19 @@ tandem_status tandem_tune(const tandem_tune_config *cin, const char *out_path, c
     const tandem_tune_config *c = &cfg;
     td_error e = {0};
     if (!out_path || !*out_path)
-        return fail(err, err_cap, TANDEM_ERR_INVALID_ARGUMENT, "tune: no output file named");
+        return td_api_fail(err, err_cap, TANDEM_ERR_INVALID_ARGUMENT, "tune: no output file named");
     if ((unsigned)c->device > TANDEM_DEVICE_EMU)
-        return fail(err, err_cap, TANDEM_ERR_INVALID_ARGUMENT, "tune: unknown device %d", (int)c->device);
+        return td_api_fail(err, err_cap, TANDEM_ERR_INVALID_ARGUMENT, "tune: unknown device %d", (int)c->device);
     if (c->device == TANDEM_DEVICE_CPU)
-        return fail(err, err_cap, TANDEM_ERR_UNSUPPORTED,
-                    "tune: device cpu has no device to measure (the profile needs one): use auto, cuda or emu");
+        return td_api_fail(err, err_cap, TANDEM_ERR_UNSUPPORTED,
+                           "tune: device cpu has no device to measure (the profile needs one): use auto, cuda or emu");
     td_device_config dc; /* only checked here: the names of emu_gpu and emu_link */
     tandem_status st = td_api_device_config(c->device, c->emu_gpu, c->emu_link, 0, &dc, &e);
     if (st)
-        return fail(err, err_cap, st, "tune: %s", e.msg);
+        return td_api_fail(err, err_cap, st, "tune: %s", e.msg);
     if (c->threads < 0 || c->threads > 65536)
-        return fail(err, err_cap, TANDEM_ERR_INVALID_ARGUMENT, "tune: threads %d is out of range [0, 65536]",
-                    c->threads);
+        return td_api_fail(err, err_cap, TANDEM_ERR_INVALID_ARGUMENT, "tune: threads %d is out of range [0, 65536]",
+                           c->threads);
 
     td_model *model = NULL;
     td_tune_options o;
@@ -90,7 +78,7 @@ tandem_status tandem_tune(const tandem_tune_config *cin, const char *out_path, c
         mo.skip_linears = true; /* only the shapes are wanted */
         mo.n_threads = c->threads;
         if ((st = td_model_load(c->model_path, &mo, &model, &e)))
-            return fail(err, err_cap, st, "tune: %s", e.msg);
+            return td_api_fail(err, err_cap, st, "tune: %s", e.msg);
         static const td_matrix which[5] = {TD_MATRIX_QKV, TD_MATRIX_O, TD_MATRIX_GATE_UP, TD_MATRIX_DOWN,
                                            TD_MATRIX_HEAD};
         for (int i = 0; i < 5; i++)
@@ -106,7 +94,8 @@ tandem_status tandem_tune(const tandem_tune_config *cin, const char *out_path, c
     td_device *d = NULL;
     char why[TD_ERROR_MSG_MAX] = "";
     if ((st = open_device(c, &d, why, sizeof why, &e)))
-        return fail(err, err_cap, st, "tune: device %s: %s", c->device == TANDEM_DEVICE_CUDA ? "cuda" : "emu", e.msg);
+        return td_api_fail(err, err_cap, st, "tune: device %s: %s", c->device == TANDEM_DEVICE_CUDA ? "cuda" : "emu",
+                           e.msg);
     char device_name[64], link_name[64], stage[TD_ERROR_MSG_MAX + 160];
     const bool emu = !strcmp(d->info.backend, "emu");
     if (emu) {
@@ -132,10 +121,10 @@ tandem_status tandem_tune(const tandem_tune_config *cin, const char *out_path, c
     st = td_tune_run(d, &o, &p, &e);
     td_device_close(d);
     if (st)
-        return fail(err, err_cap, st, "tune: %s", e.msg);
+        return td_api_fail(err, err_cap, st, "tune: %s", e.msg);
     st = td_profile_save(p, out_path, &e);
     td_profile_free(p);
     if (st)
-        return fail(err, err_cap, st, "tune: %s", e.msg);
+        return td_api_fail(err, err_cap, st, "tune: %s", e.msg);
     return TANDEM_OK;
 }

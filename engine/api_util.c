@@ -1,11 +1,23 @@
 /* What the public API's files share (engine/api_util.h). */
 #include "engine/api_util.h"
 
+#include <stdarg.h>
+#include <stdio.h>
 #include <stdlib.h>
 
 #ifndef TANDEM_DEFAULT_MODEL
 #define TANDEM_DEFAULT_MODEL "models/SmolLM2-135M-Instruct.Q4_1.gguf"
 #endif
+
+tandem_status td_api_fail(char *buf, size_t cap, tandem_status st, const char *fmt, ...) {
+    if (buf && cap) {
+        va_list ap;
+        va_start(ap, fmt);
+        vsnprintf(buf, cap, fmt, ap);
+        va_end(ap);
+    }
+    return st;
+}
 
 const char *td_api_model_path(const char *given) {
     const char *path = given;

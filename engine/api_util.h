@@ -8,6 +8,11 @@
 #include "gpu/device.h"
 #include "tandem.h"
 
+/* Formats a failure into a caller's buffer (buf may be NULL, cap 0) and
+ * returns st: the calls with no engine to hold a message (tandem_tune,
+ * tandem_plan). */
+tandem_status td_api_fail(char *buf, size_t cap, tandem_status st, const char *fmt, ...) TD_PRINTF(4, 5);
+
 /* The model a call opens: the path given, else $TANDEM_MODEL, else the
  * default model (scripts/fetch-model). */
 const char *td_api_model_path(const char *given);

@@ -467,12 +467,12 @@ tandem_status td_forward_move_kv(td_forward *f, td_kv_cache *dkv, td_kv_cache *h
 
 void td_forward_set_profile(td_forward *f, const td_profile *p) {
     if (f->dev)
-        td_fwd_dev_set_plan(f->dev, p, -1);
+        td_fwd_dev_set_profile(f->dev, p);
 }
 
 void td_forward_set_sub_batches(td_forward *f, int32_t n) {
     if (f->dev)
-        td_fwd_dev_set_plan(f->dev, NULL, n);
+        td_fwd_dev_set_sub_batches(f->dev, n);
 }
 
 td_cost_shape td_cost_shape_of(const td_llama_config *c) {

@@ -81,7 +81,7 @@ struct td_fwd_dev {
     const struct step_meta *sm;
     int32_t pos_off; /* meta offset of the positions */
     sub_batch sb[TD_PIPE_MAX_SUB];
-    /* planning the sub-batches (td_fwd_dev_set_plan), and calibrating the
+    /* planning the sub-batches (td_fwd_dev_set_profile, td_fwd_dev_set_sub_batches), and calibrating the
      * cost model with each pipelined step's busy times */
     const td_profile *profile;
     int32_t force_sub;
@@ -266,8 +266,7 @@ tandem_status td_fwd_dev_create(const td_model *m, td_device *dev, td_attn_place
                            .dtype = TD_DTYPE_BF16,
                            .max_seqs = SCRATCH_SEQS,
                            .max_seq_tokens = (int32_t)T};
-        const size_t block = (size_t)c->n_layers * (size_t)c->n_kv_heads * 2 * 16 * (size_t)c->head_dim * 2;
-        sc.budget_bytes = (T / 16 + SCRATCH_SEQS) * block;
+        sc.budget_bytes = (T / 16 + SCRATCH_SEQS) * td_kv_config_block_bytes(&sc);
         if (td_dev_alloc(dev, sc.budget_bytes, &f->skv_pool, &e) == TANDEM_OK) {
             sc.pool = f->skv_pool;
             if (td_kv_create(&sc, &f->skv, &e) == TANDEM_OK)
@@ -610,12 +609,8 @@ static tandem_status stage_post(void *ctx, int32_t b, int32_t l, td_stream *s, t
 static const td_pipe_stages cpu_attn_stages = {stage_pre, stage_down, stage_attend, stage_up, stage_post, NULL};
 static const td_pipe_stages hybrid_stages = {stage_pre, stage_down, stage_attend, stage_up, stage_post, stage_dattn};
 
-void td_fwd_dev_set_plan(td_fwd_dev *f, const td_profile *p, int32_t sub_batches) {
-    if (sub_batches < 0)
-        f->profile = p;
-    else
-        f->force_sub = sub_batches;
-}
+void td_fwd_dev_set_profile(td_fwd_dev *f, const td_profile *p) { f->profile = p; }
+void td_fwd_dev_set_sub_batches(td_fwd_dev *f, int32_t n) { f->force_sub = n; }
 
 /* The step (f->order, its n_host host sequences last, cut of them in
  * sub-batch 0) as the cost model sees it: a uniform decode batch of its
@@ -633,17 +628,17 @@ static td_cost_batch cost_batch(const td_fwd_dev *f, int32_t n_seqs, int32_t n_h
                            .calib = &f->calib};
 }
 
-/* Whether the cost model predicts the step faster with every host
- * sequence in one sub-batch beside the device's (CPU attention then hides
- * only under the device's attention, but the device passes over the
- * weights once instead of twice) than with cut of them in sub-batch 0. */
-static bool one_sub_batch_is_faster(const td_fwd_dev *f, int32_t n_seqs, int32_t n_host, int32_t cut) {
-    if (!f->profile || cut >= n_host)
+/* Whether the cost model predicts step b (two sub-batches) faster with
+ * every host sequence in one sub-batch beside the device's (CPU attention
+ * then hides only under the device's attention, but the device passes
+ * over the weights once instead of twice). */
+static bool one_sub_batch_is_faster(const td_fwd_dev *f, td_cost_batch b) {
+    if (!f->profile || b.n_sub != 2)
         return false;
     const td_cost_shape shape = td_cost_shape_of(&f->m->cfg);
-    td_cost_batch b = cost_batch(f, n_seqs, n_host, cut);
     const double two = td_cost_predict(f->profile, &shape, &b).step;
     b.n_sub = 1;
+    b.host_in_first = b.n_host;
     return td_cost_predict(f->profile, &shape, &b).step < two;
 }
 
@@ -732,9 +727,12 @@ static int32_t order_and_split(td_fwd_dev *f, const td_kv_cache *dkv, const td_k
             part += c;
         }
     }
-    if (n_host >= 1 && f->force_sub != 2 && (f->force_sub == 1 || one_sub_batch_is_faster(f, n_seqs, n_host, cut)))
-        cut = n_host;
     f->planned = cost_batch(f, n_seqs, n_host, cut);
+    if (n_host >= 1 && f->force_sub != 2 && (f->force_sub == 1 || one_sub_batch_is_faster(f, f->planned))) {
+        cut = n_host;
+        f->planned.host_in_first = cut;
+        f->planned.n_sub = 1;
+    }
     int32_t tokens = t_front, t_cut = t_front;
     for (int32_t i = 0; i < n_host; i++) {
         tokens += h[i].n_tokens;

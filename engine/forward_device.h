@@ -94,9 +94,10 @@ void td_fwd_dev_host_free(td_fwd_dev *f, void *p);
 td_pipe *td_fwd_dev_pipe(td_fwd_dev *f);
 td_attn_place td_fwd_dev_place(const td_fwd_dev *f);
 
-/* The profile the pipelined steps plan with (p, when sub_batches is -1)
- * or the forced sub-batch count (sub_batches 0, 1 or 2; p ignored). */
-void td_fwd_dev_set_plan(td_fwd_dev *f, const td_profile *p, int32_t sub_batches);
+/* The profile the pipelined steps plan with (engine/forward.h,
+ * td_forward_set_profile), and their forced sub-batch count (0: planned). */
+void td_fwd_dev_set_profile(td_fwd_dev *f, const td_profile *p);
+void td_fwd_dev_set_sub_batches(td_fwd_dev *f, int32_t n);
 
 /* What the pipelined steps have calibrated (engine/forward.h). */
 const td_cost_calib *td_fwd_dev_calibration(const td_fwd_dev *f);

@@ -184,12 +184,11 @@ static void sleep_until(double t) {
 
 /* Books seconds on a resource (the device's compute, a link direction):
  * after the work already booked on it, after the stream's previous op, and
- * not before the op was enqueued (not when the worker got to it: on a
- * loaded host the worker may run late, a GPU would not). Returns the slot's end, which becomes the stream's
- * cursor: in timed mode a stream runs ahead of the clock, booking, and only
- * an event record (or a sync) sleeps until the cursor, as the host sees a
- * GPU's work only through events. Sleeping per op instead would cost a
- * timer wake-up (tens of microseconds) per op, more than a GPU's launch. */
+ * not before the op was enqueued. Returns the slot's end, which becomes the
+ * stream's cursor: in timed mode a stream runs ahead of the clock, booking,
+ * and only syncs sleep until the cursor, as the host sees a GPU's work only
+ * through events. Sleeping per op instead would cost a timer wake-up (tens
+ * of microseconds) per op, more than a GPU's launch. */
 static double book(td_stream *s, double *free_at, double seconds, double t_enq) {
     emu *d = s->d;
     pthread_mutex_lock(&d->lock);
@@ -628,10 +627,10 @@ static void run_op(td_stream *s, const op *o) {
     tandem_status st = TANDEM_OK;
     switch (o->kind) {
     case OP_RECORD: {
-        /* the event passes when the stream's booked work ends (timed) or now */
-        /* timed: when the booked work ends (never before the record was
-         * enqueued); compute: the work before it ran for real, so now */
-        const double after = d->mode == TD_EMU_TIMED ? o->t_enq : td_seconds();
+        /* (compute mode: timed ops never reach a worker, see run_timed) the
+         * work before it ran for real, so the event passes now, or when a
+         * copy's link time ends */
+        const double after = td_seconds();
         pthread_mutex_lock(&d->lock);
         double when = s->cursor > after ? s->cursor : after;
         pthread_mutex_unlock(&d->lock);
@@ -684,9 +683,6 @@ static void *worker(void *arg) {
     td_stream *s = arg;
     /* this thread's OpenMP team: the kernels' parallel regions */
     omp_set_num_threads(s->d->threads);
-    /* wake from sleep_until when asked, not up to 50 us later (the default
-     * slack): timed ops are a few microseconds long */
-    prctl(PR_SET_TIMERSLACK, 1UL, 0UL, 0UL, 0UL);
     pthread_mutex_lock(&s->mu);
     for (;;) {
         while (s->head == s->len && !s->stop)
