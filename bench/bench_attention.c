@@ -1,9 +1,14 @@
 /* Decode attention benchmark: bytes of KV read per second, against the
  * machine's own read bandwidth measured in the same run.
  *
- *   bench_attention [--full] [--threads N] [--mem-cap SIZE] [--working-set SIZE]
+ *   bench_attention [--full] [--prefill] [--threads N] [--mem-cap SIZE] [--working-set SIZE]
  *                   [--isa LIST] [--shape LIST] [--batch LIST] [--ctx LIST] [--block-tokens N]
  *                   [--min-time S] [--jsonl FILE]
+ *
+ * --prefill times the prefill kernels instead (td_attn_prefill: --batch
+ * prompts of --ctx tokens, each one causal run from position 0, one layer,
+ * the KV just written as in a forward step): FLOP/s of the causal products
+ * against the f32 FMA peak and against the avx512 kernel in the same run.
  *
  * For each configuration (shape, cache dtype, batch, context) the KV cache is
  * replicated over enough layers that one pass touches at least the working
@@ -39,7 +44,7 @@ static const shape shapes[] = {
 #define N_SHAPES (int)(sizeof shapes / sizeof *shapes)
 
 typedef struct options {
-    int full, threads;
+    int full, prefill, threads;
     size_t mem_cap, working_set;
     double min_time;
     unsigned isa_mask, shape_mask;
@@ -49,12 +54,14 @@ typedef struct options {
 } options;
 
 static void usage(FILE *f) {
-    fprintf(f, "usage: bench_attention [--full] [--threads N] [--mem-cap SIZE] [--working-set SIZE]\n"
-               "                       [--isa scalar,avx2,avx512,avx512bf16] [--shape smollm2-135m,llama3-8b,mha-32]\n"
-               "                       [--batch N,N...] [--ctx N,N...] [--block-tokens N] [--min-time SECONDS]\n"
-               "                       [--jsonl FILE]\n"
-               "  SIZE takes K, M, G suffixes (powers of 1024). Defaults: all threads, --mem-cap 4G,\n"
-               "  --working-set max(1G, 4x last-level cache), --min-time 0.4, JSON lines to stdout.\n");
+    fprintf(f,
+            "usage: bench_attention [--full] [--prefill] [--threads N] [--mem-cap SIZE] [--working-set SIZE]\n"
+            "                       [--isa scalar,avx2,avx512,avx512bf16,amx] [--shape smollm2-135m,llama3-8b,mha-32]\n"
+            "                       [--batch N,N...] [--ctx N,N...] [--block-tokens N] [--min-time SECONDS]\n"
+            "                       [--jsonl FILE]\n"
+            "  SIZE takes K, M, G suffixes (powers of 1024). Defaults: all threads, --mem-cap 4G,\n"
+            "  --working-set max(1G, 4x last-level cache), --min-time 0.4, JSON lines to stdout.\n"
+            "  --prefill: defaults --batch 1,16 --ctx 128,512,2048 --isa avx512,amx, bf16 cache.\n");
 }
 
 static int parse_list(const char *s, const char *(*name)(int), int n, unsigned *mask) {
@@ -171,6 +178,107 @@ static double time_passes(td_attn *a, const run_ctx *r, double min_time) {
     return best;
 }
 
+/* ---- prefill ------------------------------------------------------------ */
+
+static int prefill_call(td_attn *a, const shape *sh, td_kv_cache *kv, const td_attn_run *runs, int n) {
+    td_attn_prefill_batch b = {.kv = kv,
+                               .layer = 0,
+                               .n_q_heads = sh->n_q,
+                               .scale = 1.0f / sqrtf((float)sh->D),
+                               .out_dtype = TD_DTYPE_F32,
+                               .runs = runs,
+                               .n_runs = n};
+    td_error err;
+    if (td_attn_prefill(a, &b, &err)) {
+        fprintf(stderr, "bench_attention: %s\n", err.msg);
+        return 0;
+    }
+    return 1;
+}
+
+/* One configuration on every chosen path: checked against the scalar path
+ * on the first prompt's first 256 queries, then timed (best call of those
+ * run in min_time). Appends JSON lines. */
+static int prefill_config(const options *o, const shape *sh, int batch, int ctx, const int *thread_counts, int n_tc,
+                          const double *fma, char ***lines, size_t *n_lines) {
+    int32_t *ids = malloc(sizeof(int32_t) * batch);
+    td_kv_cache *kv = build_cache(sh, TD_DTYPE_BF16, batch, ctx, 1, o->block_tokens, o->threads, ids);
+    if (!kv)
+        return 0;
+    const int64_t row = (int64_t)sh->n_q * sh->D;
+    const size_t qn = (size_t)batch * ctx * row;
+    float *q = malloc(sizeof(float) * qn), *out = malloc(sizeof(float) * qn);
+    const int nv = ctx < 256 ? ctx : 256;
+    float *ref = malloc(sizeof(float) * (size_t)nv * row);
+    for (size_t i = 0; i < qn; i++)
+        q[i] = (float)sin((double)i * 0.7) * 2.0f;
+    td_attn_run *runs = malloc(sizeof *runs * batch);
+    for (int s = 0; s < batch; s++)
+        runs[s] = (td_attn_run){.q = q + (size_t)s * ctx * row,
+                                .q_stride = row,
+                                .blocks = td_kv_seq_blocks(kv, ids[s]),
+                                .pos = 0,
+                                .n = ctx,
+                                .out = out + (size_t)s * ctx * row,
+                                .out_stride = row};
+    td_attn_run check = runs[0];
+    check.n = nv;
+    check.out = ref;
+    td_attn *scalar = NULL;
+    int ok = !td_attn_create(o->threads, TD_ISA_SCALAR, &scalar, NULL) && prefill_call(scalar, sh, kv, &check, 1);
+    td_attn_destroy(scalar);
+    const double flops = 4.0 * sh->n_q * sh->D * batch * ((double)ctx * (ctx + 1) / 2);
+    double base[2] = {0, 0}; /* avx512's GFLOP/s per thread count */
+    for (int isa = 0; ok && isa < TD_ISA_COUNT; isa++) {
+        if (!(o->isa_mask >> isa & 1) || !td_isa_supported((td_isa)isa))
+            continue;
+        for (int ti = 0; ok && ti < n_tc; ti++) {
+            td_attn *a = NULL;
+            if (td_attn_create(thread_counts[ti], (td_isa)isa, &a, NULL)) {
+                ok = 0;
+                break;
+            }
+            check.out = out;
+            ok = prefill_call(a, sh, kv, &check, 1);
+            double max_err = 0;
+            for (size_t i = 0; i < (size_t)nv * row; i++)
+                max_err = fmax(max_err, fabs((double)out[i] - ref[i]));
+            double best = INFINITY, start = td_seconds();
+            int calls = 0;
+            do {
+                double t0 = td_seconds();
+                ok = ok && prefill_call(a, sh, kv, runs, batch);
+                double dt = td_seconds() - t0;
+                best = dt < best ? dt : best;
+                calls++;
+            } while (ok && (td_seconds() - start < o->min_time || calls < 2));
+            td_attn_destroy(a);
+            const double gflops = flops / best * 1e-9;
+            if (isa == TD_ISA_AVX512)
+                base[ti] = gflops;
+            char vs[16] = "-";
+            if (base[ti] > 0)
+                snprintf(vs, sizeof vs, "%.2f", gflops / base[ti]);
+            printf("%-13s %-10s %3d %5d %5d %9.3f %8.1f %6.1f%% %7s %9.2e\n", sh->name, td_isa_name((td_isa)isa),
+                   thread_counts[ti], batch, ctx, best * 1e3, gflops, 100 * gflops / fma[ti], vs, max_err);
+            fflush(stdout);
+            char line[1024];
+            snprintf(line, sizeof line,
+                     "{\"bench\":\"attention_prefill\",\"shape\":\"%s\",\"n_q_heads\":%d,\"n_kv_heads\":%d,"
+                     "\"head_dim\":%d,\"kv_dtype\":\"bf16\",\"isa\":\"%s\",\"threads\":%d,\"batch\":%d,"
+                     "\"ctx\":%d,\"seconds\":%.6f,\"gflops\":%.2f,\"fma_gflops\":%.1f,\"x_avx512\":%.4f,"
+                     "\"max_abs_err\":%.3e}",
+                     sh->name, sh->n_q, sh->n_kv, sh->D, td_isa_name((td_isa)isa), thread_counts[ti], batch, ctx, best,
+                     gflops, fma[ti], base[ti] > 0 ? gflops / base[ti] : 0, max_err);
+            *lines = realloc(*lines, sizeof **lines * (*n_lines + 1));
+            (*lines)[(*n_lines)++] = strdup(line);
+        }
+    }
+    free(q), free(out), free(ref), free(runs), free(ids);
+    td_kv_destroy(kv);
+    return ok;
+}
+
 int main(int argc, char **argv) {
     options o = {.block_tokens = TD_KV_DEFAULT_BLOCK_TOKENS,
                  .threads = omp_get_max_threads(),
@@ -183,6 +291,8 @@ int main(int argc, char **argv) {
         int ok = 1;
         if (!strcmp(a, "--full"))
             o.full = 1;
+        else if (!strcmp(a, "--prefill"))
+            o.prefill = 1;
         else if (!strcmp(a, "--threads") && v)
             ok = (o.threads = atoi(v)) > 0, i++;
         else if (!strcmp(a, "--mem-cap") && v)
@@ -260,6 +370,24 @@ int main(int argc, char **argv) {
              cpu, o.threads, td_isa_name(td_isa_best()), stream[0], stream[n_tc - 1], fma[0], fma[n_tc - 1], dot[0],
              dot[n_tc - 1], o.working_set);
 
+    char **lines = NULL;
+    size_t n_lines = 0;
+    double t_start = td_seconds();
+    if (o.prefill) {
+        const int batches_p[] = {1, 16}, ctxs_p[] = {128, 512, 2048};
+        const int *batches = o.n_batches ? o.batches : batches_p, *ctxs = o.n_ctxs ? o.ctxs : ctxs_p;
+        const int n_b = o.n_batches ? o.n_batches : 2, n_c = o.n_ctxs ? o.n_ctxs : 3;
+        if (o.isa_mask == ~0u)
+            o.isa_mask = 1u << TD_ISA_AVX512 | 1u << TD_ISA_AMX;
+        printf("\n%-13s %-10s %3s %5s %5s %9s %8s %7s %7s %9s\n", "shape", "isa", "thr", "batch", "ctx", "ms/call",
+               "GFLOP/s", "%fma", "xavx512", "max_err");
+        for (int si = 0; si < N_SHAPES; si++)
+            for (int bi = 0; (o.shape_mask >> si & 1) && bi < n_b; bi++)
+                for (int ci = 0; ci < n_c; ci++)
+                    if (!prefill_config(&o, &shapes[si], batches[bi], ctxs[ci], thread_counts, n_tc, fma, &lines,
+                                        &n_lines))
+                        return 1;
+    }
     const int batches_default[] = {16}, ctxs_default[] = {2048, 8192};
     const int batches_full[] = {1, 16, 64, 256}, ctxs_full[] = {512, 2048, 8192};
     const int *batches = o.n_batches ? o.batches : o.full ? batches_full : batches_default;
@@ -267,13 +395,12 @@ int main(int argc, char **argv) {
     const int n_b = o.n_batches ? o.n_batches : o.full ? 4 : 1, n_c = o.n_ctxs ? o.n_ctxs : o.full ? 3 : 2;
     const td_dtype dtypes[2] = {TD_DTYPE_BF16, TD_DTYPE_F16};
 
-    char **lines = NULL;
-    size_t n_lines = 0;
-    printf("\n%-13s %-4s %-10s %3s %5s %5s %6s %8s %9s %8s %8s %6s %8s %6s %9s\n", "shape", "kv", "isa", "thr", "batch",
-           "ctx", "layers", "MiB/lyr", "ms/pass", "KV GB/s", "rd GB/s", "ratio", "GFLOP/s", "flop%", "max_err");
+    if (!o.prefill)
+        printf("\n%-13s %-4s %-10s %3s %5s %5s %6s %8s %9s %8s %8s %6s %8s %6s %9s\n", "shape", "kv", "isa", "thr",
+               "batch", "ctx", "layers", "MiB/lyr", "ms/pass", "KV GB/s", "rd GB/s", "ratio", "GFLOP/s", "flop%",
+               "max_err");
     fflush(stdout);
-    double t_start = td_seconds();
-    for (int si = 0; si < N_SHAPES; si++) {
+    for (int si = 0; si < N_SHAPES && !o.prefill; si++) {
         if (!(o.shape_mask >> si & 1))
             continue;
         const shape *sh = &shapes[si];

@@ -90,6 +90,7 @@ static const td_attn_kernel kernels[TD_ISA_COUNT] = {
     [TD_ISA_AVX2] = td_attn_kernel_avx2,
     [TD_ISA_AVX512] = td_attn_kernel_avx512,
     [TD_ISA_AVX512BF16] = td_attn_kernel_avx512bf16,
+    [TD_ISA_AMX] = td_attn_kernel_avx512,
 #endif
 };
 
@@ -515,7 +516,9 @@ static tandem_status prefill_tiles(td_attn *a, const td_attn_prefill_batch *b, t
     int64_t n_tiles = 0;
     for (int32_t i = 0; i < b->n_runs; i++)
         n_tiles += (int64_t)H * ((b->runs[i].n + QT - 1) / QT);
-    const size_t stride = (TD_PREFILL_WS((size_t)QT * (size_t)G, D) * sizeof(float) + 63) / 64 * 64;
+    const bool amx = a->isa == TD_ISA_AMX && l->dtype == TD_DTYPE_BF16 && D % 32 == 0;
+    const size_t ws_floats = amx ? td_prefill_amx_ws(QT * G, D) : TD_PREFILL_WS((size_t)QT * (size_t)G, D);
+    const size_t stride = (ws_floats * sizeof(float) + 63) / 64 * 64;
     if (n_tiles > INT32_MAX || !reserve((void **)&a->tiles, &a->tiles_cap, (size_t)n_tiles, sizeof *a->tiles, 0) ||
         !reserve((void **)&a->scratch, &a->scratch_cap, stride * (size_t)a->n_threads, 1, 64))
         return td_fail(err, TANDEM_ERR_OUT_OF_MEMORY, "attention: out of memory for %lld prefill tiles",
@@ -554,9 +557,17 @@ static tandem_status prefill_tiles(td_attn *a, const td_attn_prefill_batch *b, t
         const int me = omp_get_thread_num();
         const double t0 = span_begin(a);
         float *ws = (float *)(a->scratch + (size_t)me * stride);
+        if (amx) {
+            td_attn_prefill_amx_begin();
 #pragma omp for schedule(dynamic, 1) nowait
-        for (int64_t i = 0; i < n_tiles; i++)
-            td_attn_prefill_avx512(&a->tiles[i], ws);
+            for (int64_t i = 0; i < n_tiles; i++)
+                td_attn_prefill_amx(&a->tiles[i], ws);
+            td_attn_prefill_amx_end();
+        } else {
+#pragma omp for schedule(dynamic, 1) nowait
+            for (int64_t i = 0; i < n_tiles; i++)
+                td_attn_prefill_avx512(&a->tiles[i], ws);
+        }
         span_end(a, TD_ATTN_SPAN_PREFILL, me, t0);
     }
     return TANDEM_OK;
@@ -568,7 +579,7 @@ tandem_status td_attn_prefill(td_attn *a, const td_attn_prefill_batch *b, td_err
     if (st || b->n_runs == 0)
         return st;
 #ifdef TD_HAVE_X86_KERNELS
-    if (a->isa == TD_ISA_AVX512 || a->isa == TD_ISA_AVX512BF16)
+    if (a->isa >= TD_ISA_AVX512)
         return prefill_tiles(a, b, err);
 #endif
     return prefill_by_decode(a, b, err);

@@ -175,4 +175,14 @@ typedef struct td_prefill_tile {
 /* ws: TD_PREFILL_WS(n_q * group, head_dim) floats, 64-byte aligned. */
 void td_attn_prefill_avx512(const td_prefill_tile *t, float *ws);
 
+/* The same tile on the AMX tile unit (bf16 caches, head_dim a multiple of
+ * 32; cpu/attention_prefill_amx.c). A thread calls _begin before its tiles (it
+ * loads the tile configuration) and _end after them (it hands the tile
+ * state back), with no other AMX user in between: oneDNN loads its own. ws:
+ * td_prefill_amx_ws(n_q * group, head_dim) floats, 64-byte aligned. */
+void td_attn_prefill_amx_begin(void);
+void td_attn_prefill_amx(const td_prefill_tile *t, float *ws);
+void td_attn_prefill_amx_end(void);
+size_t td_prefill_amx_ws(int32_t rows, int32_t head_dim);
+
 #endif /* TD_CPU_ATTENTION_IMPL_H */

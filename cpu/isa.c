@@ -9,8 +9,12 @@
 #include <cpuid.h>
 #define TD_X86 1
 #endif
+#if defined(__x86_64__) && defined(__linux__)
+#include <sys/syscall.h>
+#include <unistd.h>
+#endif
 
-static const char *const isa_names[TD_ISA_COUNT] = {"scalar", "avx2", "avx512", "avx512bf16"};
+static const char *const isa_names[TD_ISA_COUNT] = {"scalar", "avx2", "avx512", "avx512bf16", "amx"};
 
 const char *td_isa_name(td_isa isa) { return (unsigned)isa < TD_ISA_COUNT ? isa_names[isa] : "?"; }
 
@@ -21,8 +25,8 @@ tandem_status td_isa_parse(const char *name, td_isa *out, td_error *err) {
             return TANDEM_OK;
         }
     }
-    return td_fail(err, TANDEM_ERR_INVALID_ARGUMENT, "unknown ISA '%s' (expected scalar, avx2, avx512 or avx512bf16)",
-                   name);
+    return td_fail(err, TANDEM_ERR_INVALID_ARGUMENT,
+                   "unknown ISA '%s' (expected scalar, avx2, avx512, avx512bf16 or amx)", name);
 }
 
 #ifdef TD_X86
@@ -56,11 +60,23 @@ static bool probe(td_isa isa) {
     bool avx512 = avx2 && zmm_os && (b & bit_AVX512F) && (b & bit_AVX512BW) && (b & bit_AVX512DQ) && (b & bit_AVX512VL);
     if (isa == TD_ISA_AVX512)
         return avx512;
-    if (isa == TD_ISA_AVX512BF16) {
-        unsigned a1, b1, c1, d1;
-        if (!__get_cpuid_count(7, 1, &a1, &b1, &c1, &d1))
-            return false;
-        return avx512 && (a1 & (1u << 5)); /* CPUID.(7,1):EAX[5] = AVX512_BF16 */
+    unsigned a1, b1, c1, d1;
+    if (!__get_cpuid_count(7, 1, &a1, &b1, &c1, &d1))
+        return false;
+    bool avx512bf16 = avx512 && (a1 & (1u << 5)); /* CPUID.(7,1):EAX[5] = AVX512_BF16 */
+    if (isa == TD_ISA_AVX512BF16)
+        return avx512bf16;
+    if (isa == TD_ISA_AMX) {
+        /* CPUID.(7,0):EDX[24] AMX-TILE, EDX[22] AMX-BF16; XCR0[17,18] the
+         * tile state; and Linux lends the 8 KB of tile data per thread only
+         * to a process that asks (ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA =
+         * 18; asking twice is harmless, oneDNN asks too) */
+        bool amx = avx512bf16 && (d & (1u << 24)) && (d & (1u << 22)) && (xcr0 & 0x60000) == 0x60000;
+#if defined(__x86_64__) && defined(__linux__)
+        return amx && syscall(SYS_arch_prctl, 0x1023, 18) == 0;
+#else
+        return false;
+#endif
     }
 #endif
     return false;
@@ -106,7 +122,7 @@ tandem_status td_isa_select(td_isa *out, td_error *err) {
     td_isa isa = TD_ISA_SCALAR;
     tandem_status st = td_isa_parse(env, &isa, err);
     if (st != TANDEM_OK)
-        return td_fail(err, st, "TANDEM_ISA: unknown ISA '%s' (expected scalar, avx2, avx512 or avx512bf16)", env);
+        return td_fail(err, st, "TANDEM_ISA: unknown ISA '%s' (expected scalar, avx2, avx512, avx512bf16 or amx)", env);
     if (!td_isa_supported(isa))
         return td_fail(err, TANDEM_ERR_UNSUPPORTED, "TANDEM_ISA=%s: this CPU does not support it (best: %s)", env,
                        td_isa_name(td_isa_best()));

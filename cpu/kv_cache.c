@@ -276,6 +276,27 @@ static void write_rows(td_kv_cache *kv, const seq_slot *s, int32_t layer, int32_
     const td_kv_layout *l = &kv->layout;
     const int32_t T = l->block_tokens, H = l->n_kv_heads, D = l->head_dim;
     const bool bf16 = l->dtype == TD_DTYPE_BF16;
+    if (bf16 && src == TD_DTYPE_F32) {
+        /* the forward's case, once per token and layer: no per-element
+         * dispatch, and a K pair (dims 2p, 2p+1 of a token) is one 32-bit
+         * store (td_kv_k_index: adjacent) */
+        for (int32_t i = 0; i < n; i++) {
+            const int32_t tok = pos + i, t = tok % T;
+            uint8_t *block = kv->pool + (size_t)s->blocks[tok / T] * l->block_bytes;
+            for (int32_t h = 0; h < H; h++) {
+                uint16_t *kt = (uint16_t *)(block + td_kv_tile_offset(l, layer, h));
+                uint16_t *vt = (uint16_t *)((uint8_t *)kt + l->tile_bytes) + td_kv_v_index(D, t, 0);
+                uint32_t *kp = (uint32_t *)kt + t;
+                const float *kr = (const float *)k + ((size_t)i * H + h) * D,
+                            *vr = (const float *)v + ((size_t)i * H + h) * D;
+                for (int32_t d = 0; d < D; d += 2)
+                    kp[(size_t)(d >> 1) * T] = td_f32_to_bf16(kr[d]) | (uint32_t)td_f32_to_bf16(kr[d + 1]) << 16;
+                for (int32_t d = 0; d < D; d++)
+                    vt[(size_t)d * 2] = td_f32_to_bf16(vr[d]);
+            }
+        }
+        return;
+    }
     for (int32_t i = 0; i < n; i++) {
         int32_t tok = pos + i, t = tok % T;
         uint8_t *block = kv->pool + (size_t)s->blocks[tok / T] * l->block_bytes;

@@ -34,7 +34,7 @@ static void swiglu_row(int64_t n, const float *gu, void *out, td_dtype dt) {
 }
 
 #ifdef TD_HAVE_X86_KERNELS
-static bool vector_path(td_isa isa) { return isa == TD_ISA_AVX512 || isa == TD_ISA_AVX512BF16; }
+static bool vector_path(td_isa isa) { return isa >= TD_ISA_AVX512; }
 #else
 static bool vector_path(td_isa isa) {
     (void)isa;

@@ -281,7 +281,7 @@ static tandem_status prepare(uint32_t type, const void *src, const void *dst, in
     if ((unsigned)isa >= TD_ISA_COUNT || !td_isa_supported(isa))
         return td_fail(err, TANDEM_ERR_UNSUPPORTED, "dequant: ISA %s is not available on this CPU", td_isa_name(isa));
     *k = t->scalar;
-    if (isa == TD_ISA_AVX512 || isa == TD_ISA_AVX512BF16) {
+    if (isa >= TD_ISA_AVX512) {
 #ifdef TD_HAVE_X86_KERNELS
         *k = td_dequant_kernels_avx512(type);
         if (!k->f32 || !k->bf16)

@@ -35,8 +35,8 @@
  * (tests/test_dequant.c checks every type against the latter). The bf16
  * output is the f32 result rounded to nearest, ties to even (td_f32_to_bf16).
  *
- * Paths: TD_ISA_SCALAR is the portable reference; TD_ISA_AVX512 and
- * TD_ISA_AVX512BF16 run the AVX-512 kernels (engine/dequant_avx512.c, same
+ * Paths: TD_ISA_SCALAR is the portable reference; TD_ISA_AVX512 and up
+ * (AVX512BF16, AMX) run the AVX-512 kernels (engine/dequant_avx512.c, same
  * results bit for bit); TD_ISA_AVX2 runs the scalar code (no AVX2 kernels:
  * dequantization runs once, at load). */
 #ifndef TD_ENGINE_DEQUANT_H

@@ -313,7 +313,8 @@ static int32_t footprint(const td_sched *s, const td_gen_seq *q) { return blocks
  * as long as the sources, the blocks copied (td_forward_move_kv), then the
  * sources freed. The caller checked the room. */
 static tandem_status move(td_sched *s, td_gen_seq **qs, int32_t n, bool to_device, td_error *err) {
-    td_kv_move *mv = malloc((size_t)(n > 0 ? n : 1) * sizeof *mv);
+    td_kv_move *mv =
+        calloc((size_t)(n > 0 ? n : 1), sizeof *mv); /* zeroed: -O3 cannot see that every read entry was set */
     if (!mv)
         return td_fail(err, TANDEM_ERR_OUT_OF_MEMORY, "scheduler: out of memory");
     td_kv_cache *dst = to_device ? s->kv : s->hkv;

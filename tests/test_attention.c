@@ -364,7 +364,29 @@ static void test_needles(void) {
 }
 
 /* Slots past a sequence's end may hold anything (a freed block is reused as
- * is): poison them with NaN and infinities, the result must not change. */
+ * is): fills them with NaN and infinities, in every layer. */
+static void poison_unused_slots(fixture *f) {
+    const td_kv_layout *l = td_kv_get_layout(f->kv);
+    uint8_t *pool = (uint8_t *)td_kv_pool(f->kv); /* test-only write access */
+    const uint16_t nan16 = f->dt == TD_DTYPE_BF16 ? 0x7fc0 : 0x7e00, inf16 = f->dt == TD_DTYPE_BF16 ? 0x7f80 : 0x7c00;
+    for (int s = 0; s < f->n_seqs; s++) {
+        const int32_t *table = td_kv_seq_blocks(f->kv, f->ids[s]);
+        int32_t last = (f->lens[s] - 1) / l->block_tokens;
+        for (int t = f->lens[s] % l->block_tokens; t && t < l->block_tokens; t++)
+            for (int layer = 0; layer < l->n_layers; layer++)
+                for (int kh = 0; kh < l->n_kv_heads; kh++) {
+                    uint16_t *kt =
+                        (uint16_t *)(pool + (size_t)table[last] * l->block_bytes + td_kv_tile_offset(l, layer, kh));
+                    uint16_t *vt = (uint16_t *)((uint8_t *)kt + l->tile_bytes);
+                    for (int d = 0; d < l->head_dim; d++) {
+                        kt[td_kv_k_index(l->block_tokens, t, d)] = (d & 1) ? inf16 : nan16;
+                        vt[td_kv_v_index(l->head_dim, t, d)] = (d & 1) ? nan16 : inf16;
+                    }
+                }
+    }
+}
+
+/* The result must not change when the unused slots are poisoned. */
 static void test_unused_slots_are_ignored(void) {
     const int32_t lens[] = {1, 7, 16, 17, 45, 301};
     const int n = sizeof lens / sizeof *lens;
@@ -375,23 +397,7 @@ static void test_unused_slots_are_ignored(void) {
         for (int isa = 0; isa < TD_ISA_COUNT; isa++)
             if (td_isa_supported((td_isa)isa))
                 before[isa] = run(f, (td_isa)isa, 2, TD_DTYPE_F32);
-        const td_kv_layout *l = td_kv_get_layout(f->kv);
-        uint8_t *pool = (uint8_t *)td_kv_pool(f->kv); /* test-only write access */
-        const uint16_t nan16 = dt == TD_DTYPE_BF16 ? 0x7fc0 : 0x7e00, inf16 = dt == TD_DTYPE_BF16 ? 0x7f80 : 0x7c00;
-        for (int s = 0; s < n; s++) {
-            const int32_t *table = td_kv_seq_blocks(f->kv, f->ids[s]);
-            int32_t last = (f->lens[s] - 1) / l->block_tokens;
-            for (int t = f->lens[s] % l->block_tokens; t && t < l->block_tokens; t++)
-                for (int layer = 0; layer < 2; layer++) {
-                    uint16_t *kt =
-                        (uint16_t *)(pool + (size_t)table[last] * l->block_bytes + td_kv_tile_offset(l, layer, 0));
-                    uint16_t *vt = (uint16_t *)((uint8_t *)kt + l->tile_bytes);
-                    for (int d = 0; d < l->head_dim; d++) {
-                        kt[td_kv_k_index(l->block_tokens, t, d)] = (d & 1) ? inf16 : nan16;
-                        vt[td_kv_v_index(l->head_dim, t, d)] = (d & 1) ? nan16 : inf16;
-                    }
-                }
-        }
+        poison_unused_slots(f);
         for (int isa = 0; isa < TD_ISA_COUNT; isa++) {
             if (!before[isa])
                 continue;
@@ -493,6 +499,7 @@ static void check_prefill(int n_kv, int G, int D, td_dtype dt, int T, uint64_t s
     for (int s = 0; s < n_seqs; s++)
         lens[s] = td_rng_int(&r, 1, s == 0 ? 1 : 150);
     fixture *f = fixture_make(n_kv, G, D, dt, T, lens, n_seqs, seed, 3.0f);
+    poison_unused_slots(f); /* no path may read past a run's last token */
     const int nq = n_kv * G;
     const int64_t stride = (int64_t)nq * D + 16; /* rows of a wider matrix */
     td_attn_run runs[6];
@@ -584,6 +591,8 @@ static void test_prefill_vs_decode(void) {
     check_prefill(3, 3, 64, TD_DTYPE_BF16, 16, 1);  /* SmolLM2 */
     check_prefill(2, 4, 128, TD_DTYPE_BF16, 32, 2); /* Llama-3, 32-token blocks */
     check_prefill(2, 1, 80, TD_DTYPE_F16, 16, 3);   /* MHA, d 80, f16 */
+    check_prefill(2, 2, 80, TD_DTYPE_BF16, 16, 6);  /* d 80: amx takes multiples of 32, avx512 this */
+    check_prefill(1, 8, 32, TD_DTYPE_BF16, 64, 7);  /* d 32, 64-token blocks: 32-key steps within a block */
     check_prefill(1, 16, 96, TD_DTYPE_BF16, 16, 4); /* a wide group: tiles of 4 queries */
     check_prefill(1, 64, 64, TD_DTYPE_F16, 48, 5);  /* the widest group: tiles of 1 query */
 }

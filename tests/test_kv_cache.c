@@ -182,6 +182,9 @@ static void test_write_sources_and_append(void) {
     TD_ASSERT_OK(td_kv_read(kv, s, 1, 0, n, back, NULL, &err), &err);
     for (int i = 0; i < n * H * D; i++)
         CU_ASSERT_EQUAL_FATAL(back[i], td_bf16_to_f32(td_f32_to_bf16(kf[i])));
+    TD_ASSERT_OK(td_kv_read(kv, s, 1, 0, n, NULL, back, &err), &err);
+    for (int i = 0; i < n * H * D; i++)
+        CU_ASSERT_EQUAL_FATAL(back[i], td_bf16_to_f32(td_f32_to_bf16(vf[i])));
     /* bf16 source: stored verbatim */
     for (int i = 0; i < n * H * D; i++) {
         kb[i] = td_f32_to_bf16(kf[i] * 0.5f);
