@@ -178,6 +178,12 @@ static double time_passes(td_attn *a, const run_ctx *r, double min_time) {
     return best;
 }
 
+/* Keeps a JSON line for the end of the run (printed after the table). */
+static void keep_line(char ***lines, size_t *n_lines, const char *line) {
+    *lines = realloc(*lines, sizeof **lines * (*n_lines + 1));
+    (*lines)[(*n_lines)++] = strdup(line);
+}
+
 /* ---- prefill ------------------------------------------------------------ */
 
 static int prefill_call(td_attn *a, const shape *sh, td_kv_cache *kv, const td_attn_run *runs, int n) {
@@ -270,8 +276,7 @@ static int prefill_config(const options *o, const shape *sh, int batch, int ctx,
                      "\"max_abs_err\":%.3e}",
                      sh->name, sh->n_q, sh->n_kv, sh->D, td_isa_name((td_isa)isa), thread_counts[ti], batch, ctx, best,
                      gflops, fma[ti], base[ti] > 0 ? gflops / base[ti] : 0, max_err);
-            *lines = realloc(*lines, sizeof **lines * (*n_lines + 1));
-            (*lines)[(*n_lines)++] = strdup(line);
+            keep_line(lines, n_lines, line);
         }
     }
     free(q), free(out), free(ref), free(runs), free(ids);
@@ -486,8 +491,7 @@ int main(int argc, char **argv) {
                                      sh->name, sh->n_q, sh->n_kv, sh->D, td_dtype_name(dtypes[di]),
                                      td_isa_name((td_isa)isa), thread_counts[ti], batch, ctx, layers, bytes, sec,
                                      kv_gbps, stream[ti], ratio, gflops, peak, gflops / peak, max_err);
-                            lines = realloc(lines, sizeof *lines * (n_lines + 1));
-                            lines[n_lines++] = strdup(line);
+                            keep_line(&lines, &n_lines, line);
                         }
                     }
                     free(r.q), free(r.out), free(ref), free(r.seqs), free(ids);

@@ -557,17 +557,14 @@ static tandem_status prefill_tiles(td_attn *a, const td_attn_prefill_batch *b, t
         const int me = omp_get_thread_num();
         const double t0 = span_begin(a);
         float *ws = (float *)(a->scratch + (size_t)me * stride);
-        if (amx) {
+        void (*kernel)(const td_prefill_tile *, float *) = amx ? td_attn_prefill_amx : td_attn_prefill_avx512;
+        if (amx)
             td_attn_prefill_amx_begin();
 #pragma omp for schedule(dynamic, 1) nowait
-            for (int64_t i = 0; i < n_tiles; i++)
-                td_attn_prefill_amx(&a->tiles[i], ws);
+        for (int64_t i = 0; i < n_tiles; i++)
+            kernel(&a->tiles[i], ws);
+        if (amx)
             td_attn_prefill_amx_end();
-        } else {
-#pragma omp for schedule(dynamic, 1) nowait
-            for (int64_t i = 0; i < n_tiles; i++)
-                td_attn_prefill_avx512(&a->tiles[i], ws);
-        }
         span_end(a, TD_ATTN_SPAN_PREFILL, me, t0);
     }
     return TANDEM_OK;
